@@ -1,0 +1,1 @@
+"""The fabric on one node: preparing it, supervising its processes, the `qnf` command."""

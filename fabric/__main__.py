@@ -1,0 +1,78 @@
+"""`qnf`: the fabric's command line.
+
+    qnf up        start the whole fabric on this node (CA and identities on first run)
+    qnf init      only prepare: CA, identities, nats-server config, NATS CLI contexts
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+import sys
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from libs.common.config import Settings, load_settings
+from libs.common.logs import setup_logging
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    overrides: dict[str, object] = {}
+    if args.state_dir is not None:
+        overrides["state_dir"] = args.state_dir
+    if args.node is not None:
+        overrides["node"] = args.node
+    if args.nats_port is not None:
+        overrides["nats_port"] = args.nats_port
+    return load_settings(**overrides)
+
+
+async def _up(settings: Settings) -> int:
+    from fabric.supervisor import StartError, Supervisor
+
+    supervisor = Supervisor(settings)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await supervisor.start()
+    except StartError as exc:
+        print(f"qnf: error: {exc}", file=sys.stderr)
+        await supervisor.stop()
+        return 2
+    print(supervisor.banner(), flush=True)
+    await stop.wait()
+    await supervisor.stop()
+    print("qnf: stopped", flush=True)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="qnf", description="Quantum-Network Fabric")
+    parser.add_argument("--state-dir", type=Path, help="state directory (default /var/lib/qnf, env QNF_STATE_DIR)")
+    parser.add_argument("--node", help="this node's name (env QNF_NODE)")
+    parser.add_argument("--nats-port", type=int, help="port of the embedded nats-server (env QNF_NATS_PORT)")
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("up", help="start the whole fabric on this node")
+    sub.add_parser("init", help="create the CA, identities and nats-server config, then exit")
+    args = parser.parse_args(argv)
+    try:
+        settings = _settings(args)
+    except (ValidationError, ValueError) as exc:
+        print(f"qnf: error: bad configuration: {exc}".replace("\n", " "), file=sys.stderr)
+        return 2
+    setup_logging(settings.log_level, service="supervisor", node=settings.node)
+    if args.command == "init":
+        from fabric.node import prepare
+
+        prepared = prepare(settings)
+        print(f"qnf: prepared {settings.state_dir}; nats-server config {prepared.nats_config}")
+        return 0
+    return asyncio.run(_up(settings))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Shared foundation of every qnf process: identities, envelope, bus, state, config."""

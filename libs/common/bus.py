@@ -1,0 +1,397 @@
+"""The signed, mutually authenticated bus: connect, request, serve a handler table, publish events.
+
+Everything a service says goes through `Bus`; every request a service answers goes through
+`serve`. Both sign what they send and verify what they receive (`envelope`), so handlers only
+ever see validated request models from an authenticated, authorized sender.
+
+Serving model (an actor with per-key mailboxes): each endpoint names a `key` function over its
+request; requests with the same key run one at a time in arrival order, requests with different
+keys may overlap, and at most `max_inflight` run at once (further messages wait in the client's
+pending buffer: backpressure, never an unbounded task per message). The default key serialises
+the whole service, the safe choice for a service that has not thought about it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import logging
+import ssl
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, Generic, Literal, TypeVar
+
+import nats
+import nats.errors
+import nats.js.errors
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.micro import ServiceConfig, add_service
+from nats.micro.request import ERROR_CODE_HEADER, ERROR_HEADER, Request
+from nats.micro.service import Service
+from pydantic import BaseModel, ValidationError
+
+from libs.common.envelope import Rejected, Signer, TrustAnchors, Verifier
+from libs.common.errors import QnfError, Unavailable, from_code
+from libs.common.ids import SpiffeId, event_subject, inbox_prefix
+from libs.common.messages import ErrorReply, SecurityEvent
+from libs.common.metrics import BusMetrics
+from libs.common.pki import PkiDirectory
+
+log = logging.getLogger("qnf.bus")
+
+Req = TypeVar("Req", bound=BaseModel)
+Rep = TypeVar("Rep", bound=BaseModel)
+
+# The verified sender of the request being handled, for handlers that authorize per caller.
+current_sender: contextvars.ContextVar[SpiffeId] = contextvars.ContextVar("current_sender")
+
+_REJECT_CODES: dict[str, Literal["unauthorized", "forbidden", "invalid"]] = {
+    "forbidden": "forbidden",
+    "invalid": "invalid",
+}
+
+
+def tls_context(pki: PkiDirectory, identity: SpiffeId) -> ssl.SSLContext:
+    """A TLS 1.3 client context presenting `identity`'s certificate and trusting only the fabric CA."""
+    ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(pki.ca_cert_path))
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_3
+    reload_tls(ctx, pki, identity)
+    return ctx
+
+
+def reload_tls(ctx: ssl.SSLContext, pki: PkiDirectory, identity: SpiffeId) -> None:
+    """Load the identity's current certificate into `ctx`; later (re)connects present it."""
+    d = pki.identity_dir(identity)
+    ctx.load_cert_chain(d / "tls.crt", d / "tls.key")
+
+
+def trust_anchors(pki: PkiDirectory, trust_domain: str) -> TrustAnchors:
+    from cryptography import x509
+
+    return TrustAnchors(
+        trust_domain,
+        x509.load_pem_x509_certificate(pki.ca_cert_path.read_bytes()),
+        x509.load_pem_x509_certificate(pki.ca_mldsa_cert_path.read_bytes()),
+    )
+
+
+@dataclass(frozen=True)
+class Endpoint(Generic[Req, Rep]):
+    """One entry of a service's handler table."""
+
+    verb: str  # e.g. "network.create"; the subject's last tokens
+    request: type[Req]
+    reply: type[Rep]
+    handler: Callable[[Req], Awaitable[Rep]]
+    scope: Literal["cluster", "node"] = "cluster"
+    key: Callable[[Req], str] | None = None  # mailbox key; None serialises the whole service
+
+    def subject(self, service: str, node: str) -> str:
+        if self.scope == "node":
+            return f"qnf.v1.node.{node}.{service}.{self.verb}"
+        return f"qnf.v1.cmd.{service}.{self.verb}"
+
+
+class KeyedSerializer:
+    """Runs jobs one at a time per key, in arrival order, with at most `max_inflight` overall."""
+
+    def __init__(self, max_inflight: int = 64) -> None:
+        self._slots = asyncio.Semaphore(max_inflight)
+        self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def submit(self, key: str, job: Callable[[], Awaitable[None]]) -> None:
+        """Queue `job` behind earlier jobs of the same key; waits only while all slots are busy."""
+        await self._slots.acquire()
+        lock, users = self._locks.get(key, (asyncio.Lock(), 0))
+        self._locks[key] = (lock, users + 1)
+        task = asyncio.create_task(self._run(key, lock, job))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _run(self, key: str, lock: asyncio.Lock, job: Callable[[], Awaitable[None]]) -> None:
+        try:
+            async with lock:
+                await job()
+        finally:
+            current, users = self._locks[key]
+            if users == 1:
+                del self._locks[key]
+            else:
+                self._locks[key] = (current, users - 1)
+            self._slots.release()
+
+    async def join(self) -> None:
+        """Wait until every submitted job has finished."""
+        while self._tasks:
+            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+
+
+class _EventLimiter:
+    """Token bucket for security events, so a flood of forgeries cannot flood the stream."""
+
+    def __init__(self, rate: float, burst: int) -> None:
+        self._rate, self._burst = rate, burst
+        self._tokens = float(burst)
+        self._last = time.monotonic()
+
+    def allow(self) -> bool:
+        now = time.monotonic()
+        self._tokens = min(self._burst, self._tokens + (now - self._last) * self._rate)
+        self._last = now
+        if self._tokens >= 1:
+            self._tokens -= 1
+            return True
+        return False
+
+
+@dataclass
+class Bus:
+    """A connected, signing, verifying bus client acting as one identity for one service."""
+
+    nc: Client
+    service: str
+    node: str
+    signer: Signer
+    verifier: Verifier
+    metrics: BusMetrics
+    request_timeout: float = 5.0
+    _limiter: _EventLimiter = field(default_factory=lambda: _EventLimiter(rate=20, burst=50))
+
+    @property
+    def identity(self) -> SpiffeId:
+        return self.signer.identity
+
+    @classmethod
+    async def connect(
+        cls,
+        *,
+        url: str,
+        tls: ssl.SSLContext,
+        service: str,
+        node: str,
+        signer: Signer,
+        verifier: Verifier,
+        metrics: BusMetrics,
+        request_timeout: float = 5.0,
+        reconnect: bool = True,
+    ) -> Bus:
+        """Connect with mutual TLS (TLS first); raise Unavailable if the server cannot be reached."""
+
+        async def on_error(exc: Exception) -> None:
+            log.warning("bus error: %s", exc)
+
+        try:
+            nc = await nats.connect(
+                url,
+                tls=tls,
+                tls_handshake_first=True,
+                name=f"qnf-{service}@{node}",
+                inbox_prefix=inbox_prefix(signer.identity),
+                allow_reconnect=reconnect,
+                max_reconnect_attempts=-1,
+                reconnect_time_wait=0.5,
+                connect_timeout=3,
+                error_cb=on_error,
+            )
+        except (OSError, nats.errors.Error, ssl.SSLError, asyncio.TimeoutError) as exc:
+            raise Unavailable(f"cannot connect to the bus at {url}: {exc}") from exc
+        return cls(nc, service, node, signer, verifier, metrics, request_timeout)
+
+    async def close(self) -> None:
+        """Drain (deliver what is in flight) when connected; otherwise just close."""
+        if self.nc.is_closed:
+            return
+        if self.nc.is_connected:
+            try:
+                await self.nc.drain()
+                return
+            except (nats.errors.Error, asyncio.TimeoutError) as exc:
+                log.warning("drain failed: %s", exc)
+        await self.nc.close()
+
+    def sign(self, subject: str, body: bytes) -> dict[str, str]:
+        return self.signer.headers(subject, body)
+
+    async def request(
+        self,
+        subject: str,
+        payload: BaseModel,
+        reply_type: type[Rep],
+        *,
+        timeout: float | None = None,
+        expect: Callable[[SpiffeId], bool] | None = None,
+    ) -> Rep:
+        """Signed request/reply; returns the verified, validated reply or raises its QnfError."""
+        body = payload.model_dump_json().encode()
+        try:
+            msg = await self.nc.request(
+                subject, body, timeout=timeout or self.request_timeout, headers=self.sign(subject, body)
+            )
+        except nats.errors.NoRespondersError as exc:
+            raise Unavailable(f"no service answers {subject}") from exc
+        except nats.errors.TimeoutError as exc:
+            raise Unavailable(f"no reply on {subject} in time") from exc
+        try:
+            responder = self.verifier.verify(msg.subject, msg.headers, msg.data, replies=True)
+        except Rejected as exc:
+            self.metrics.rejected.labels(self.service, exc.reason).inc()
+            raise QnfError(f"reply on {subject} failed verification ({exc.reason})") from exc
+        if expect is not None and not expect(responder):
+            raise QnfError(f"reply on {subject} came from unexpected {responder}")
+        headers = msg.headers or {}
+        if ERROR_CODE_HEADER in headers:
+            raise from_code(headers[ERROR_CODE_HEADER], headers.get(ERROR_HEADER, ""))
+        return reply_type.model_validate_json(msg.data)
+
+    async def publish_event(self, what: str, payload: BaseModel, *, kind: str = "event") -> None:
+        """Publish an event into QNF_EVENTS and wait for the stream's ack."""
+        subject = event_subject(self.service, what)
+        body = payload.model_dump_json().encode()
+        js = self.nc.jetstream()
+        await js.publish(subject, body, headers=self.sign(subject, body), timeout=self.request_timeout)
+        self.metrics.events.labels(self.service, kind).inc()
+
+    async def security_event(self, reason: str, subject: str, claimed: str | None) -> None:
+        """Count a rejection, and publish it as a security event unless the rate limit says no."""
+        self.metrics.rejected.labels(self.service, reason).inc()
+        if not self._limiter.allow():
+            return
+        event = SecurityEvent(
+            service=self.service,
+            node=self.node,
+            reason=reason,
+            subject=subject[:256],
+            claimed_sender=(claimed or None) and claimed[:256],
+            ts_ms=int(time.time() * 1000),
+        )
+        try:
+            await self.publish_event("security.rejected", event, kind="security")
+        except (nats.errors.Error, nats.js.errors.Error, asyncio.TimeoutError) as exc:
+            log.warning("could not publish security event: %s", exc)
+
+
+async def _respond(
+    bus: Bus, request: Request, body: bytes, extra: dict[str, str] | None = None
+) -> None:
+    reply_to = request._msg.reply  # micro's Request hides the reply subject we must sign over
+    if not reply_to:
+        return
+    headers = bus.sign(reply_to, body)
+    if extra:
+        headers.update(extra)
+    await request.respond(body, headers=headers)
+
+
+async def respond_error(bus: Bus, request: Request, error: ErrorReply) -> None:
+    """Send a signed error reply in the nats micro format (code and message headers + body)."""
+    await _respond(
+        bus,
+        request,
+        error.model_dump_json().encode(),
+        {ERROR_CODE_HEADER: error.code, ERROR_HEADER: error.message},
+    )
+
+
+def _validation_summary(exc: ValidationError) -> str:
+    # Field paths and messages help the caller; input values are left out on purpose.
+    parts = [f"{'.'.join(str(p) for p in e['loc']) or 'body'}: {e['msg']}" for e in exc.errors()[:10]]
+    return "invalid request: " + "; ".join(parts)
+
+
+def _make_handler(bus: Bus, ep: Endpoint[Any, Any], serializer: KeyedSerializer) -> Callable[[Request], Any]:
+    name = ep.verb
+
+    async def handle(request: Request) -> None:
+        started = time.perf_counter()
+        msg: Msg = request._msg
+        try:
+            sender = bus.verifier.verify(msg.subject, msg.headers, msg.data)
+        except Rejected as exc:
+            log.warning("rejected %s: %s", msg.subject, exc.detail, extra={"reason": exc.reason})
+            code = _REJECT_CODES.get(exc.reason, "unauthorized")
+            await respond_error(bus, request, ErrorReply(code=code, message=f"request rejected: {code}"))
+            await bus.security_event(exc.reason, msg.subject, (msg.headers or {}).get("Qnf-Sender"))
+            return
+        try:
+            req = ep.request.model_validate_json(msg.data)
+        except ValidationError as exc:
+            bus.metrics.rejected.labels(bus.service, "invalid").inc()
+            await respond_error(bus, request, ErrorReply(code="invalid", message=_validation_summary(exc)))
+            return
+
+        async def job() -> None:
+            token = current_sender.set(sender)
+            code = "ok"
+            try:
+                rep = await ep.handler(req)
+                await _respond(bus, request, rep.model_dump_json().encode())
+            except QnfError as exc:
+                code = exc.code
+                await respond_error(
+                    bus, request, ErrorReply(code=exc.code, message=exc.message, retryable=exc.retryable)  # type: ignore[arg-type]
+                )
+            except Exception:
+                code = "internal"
+                correlation = uuid.uuid4().hex[:12]
+                log.exception("handler %s failed", name, extra={"correlation_id": correlation})
+                await respond_error(
+                    bus,
+                    request,
+                    ErrorReply(code="internal", message="internal error", correlation_id=correlation),
+                )
+            finally:
+                current_sender.reset(token)
+                bus.metrics.handled.labels(bus.service, name, code).inc()
+                bus.metrics.handle_seconds.labels(bus.service, name).observe(time.perf_counter() - started)
+
+        key = ep.key(req) if ep.key is not None else "*"
+        await serializer.submit(f"{name}:{key}" if ep.key is not None else key, job)
+
+    return handle
+
+
+@dataclass
+class Served:
+    """A running service: stop() unsubscribes, finishes in-flight work and returns."""
+
+    micro: Service
+    serializer: KeyedSerializer
+
+    async def stop(self) -> None:
+        await self.micro.stop()
+        await self.serializer.join()
+
+
+async def serve(
+    bus: Bus,
+    endpoints: list[Endpoint[Any, Any]],
+    *,
+    version: str,
+    description: str = "",
+    max_inflight: int = 64,
+) -> Served:
+    """Register the handler table with nats micro (so `nats micro ls|info|stats` see it) and serve."""
+    service = await add_service(
+        bus.nc,
+        ServiceConfig(
+            name=f"qnf-{bus.service}",
+            version=version,
+            description=description or f"qnf {bus.service}",
+            metadata={"node": bus.node, "identity": bus.identity.uri},
+            queue_group=bus.service,
+        ),
+    )
+    serializer = KeyedSerializer(max_inflight)
+    for ep in endpoints:
+        await service.add_endpoint(
+            name=ep.verb.replace(".", "-"),
+            subject=ep.subject(bus.service, bus.node),
+            handler=_make_handler(bus, ep, serializer),
+            metadata={"request": ep.request.__name__, "reply": ep.reply.__name__, "scope": ep.scope},
+        )
+    await bus.nc.flush()
+    return Served(service, serializer)

@@ -1,0 +1,20 @@
+"""Entry point of the dns service: build the actor from real adapters and run it."""
+
+from __future__ import annotations
+
+import sys
+
+from libs.common.service import Context, main as run_main
+from services.dns.actor import DnsActor
+
+
+async def build(ctx: Context) -> DnsActor:
+    return DnsActor(ctx)
+
+
+def main() -> int:
+    return run_main("dns", build)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

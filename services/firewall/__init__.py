@@ -1,0 +1,1 @@
+"""qnf firewall: policies compiled to nftables (DESIGN §5)."""

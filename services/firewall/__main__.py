@@ -1,0 +1,20 @@
+"""Entry point of the firewall service: build the actor from real adapters and run it."""
+
+from __future__ import annotations
+
+import sys
+
+from libs.common.service import Context, main as run_main
+from services.firewall.actor import FirewallActor
+
+
+async def build(ctx: Context) -> FirewallActor:
+    return FirewallActor(ctx)
+
+
+def main() -> int:
+    return run_main("firewall", build)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""qnf gateway: REST and gRPC in front of the bus (DESIGN §6)."""

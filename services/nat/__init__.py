@@ -1,0 +1,1 @@
+"""qnf nat: egress masquerade and port publishing (DESIGN §5)."""

@@ -1,0 +1,1 @@
+"""qnf vnet: virtual networks, IPAM, bridges and veths (DESIGN §5)."""

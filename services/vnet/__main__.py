@@ -1,0 +1,20 @@
+"""Entry point of the vnet service: build the actor from real adapters and run it."""
+
+from __future__ import annotations
+
+import sys
+
+from libs.common.service import Context, main as run_main
+from services.vnet.actor import VnetActor
+
+
+async def build(ctx: Context) -> VnetActor:
+    return VnetActor(ctx)
+
+
+def main() -> int:
+    return run_main("vnet", build)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
