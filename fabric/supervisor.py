@@ -84,7 +84,7 @@ class Supervisor:
     async def start(self) -> None:
         """Bring the node up; raise StartError with one line if something is unusable."""
         try:
-            binary = find_nats_server()
+            binary = find_nats_server(self.settings.nats_server_bin)
         except FileNotFoundError as exc:
             raise StartError(str(exc)) from exc
         try:

@@ -40,6 +40,7 @@ class Settings(BaseSettings):
     metrics_host: str = "127.0.0.1"
     metrics_base_port: int = Field(9460, ge=0, le=65535, description="service i listens on base+i; 0: ephemeral")
     gateway_port: int = Field(8480, ge=0, le=65535)
+    nats_server_bin: Path | None = Field(None, description="nats-server to run; default: the venv's, then PATH")
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
     @field_validator("trust_domain")
