@@ -1,7 +1,7 @@
 """`qnf`: the fabric's command line.
 
-    qnf up        start the whole fabric on this node (CA and identities on first run)
-    qnf init      only prepare: CA, identities, nats-server config, NATS CLI contexts
+qnf up        start the whole fabric on this node (CA and identities on first run)
+qnf init      only prepare: CA, identities, nats-server config, NATS CLI contexts
 """
 
 from __future__ import annotations
@@ -52,7 +52,9 @@ async def _up(settings: Settings) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="qnf", description="Quantum-Network Fabric")
-    parser.add_argument("--state-dir", type=Path, help="state directory (default /var/lib/qnf, env QNF_STATE_DIR)")
+    parser.add_argument(
+        "--state-dir", type=Path, help="state directory (default /var/lib/qnf, env QNF_STATE_DIR)"
+    )
     parser.add_argument("--node", help="this node's name (env QNF_NODE)")
     parser.add_argument("--nats-port", type=int, help="port of the embedded nats-server (env QNF_NATS_PORT)")
     sub = parser.add_subparsers(dest="command", required=True)

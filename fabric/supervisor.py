@@ -24,6 +24,7 @@ from pathlib import Path
 
 import nats
 import nats.errors
+from nats.aio.client import Client
 
 from fabric.node import admin_identity, find_nats_server, prepare, renew
 from libs.common.bus import tls_context
@@ -131,7 +132,7 @@ class Supervisor:
         child.started_at = time.monotonic()
         log.info("started %s pid %d", child.name, child.proc.pid)
 
-    async def _admin_connect(self, timeout: float = 2.0) -> nats.NATS:
+    async def _admin_connect(self, timeout: float = 2.0) -> Client:
         pki = PkiDirectory(self.settings.pki_dir)
         admin = admin_identity(self.settings)
         return await nats.connect(
@@ -151,13 +152,17 @@ class Supervisor:
         assert self.nats is not None and self.nats.proc is not None
         while True:
             if self.nats.proc.returncode is not None:
-                raise StartError(f"nats-server exited with {self.nats.proc.returncode}: {_last_error(log_file)}")
+                raise StartError(
+                    f"nats-server exited with {self.nats.proc.returncode}: {_last_error(log_file)}"
+                )
             try:
                 nc = await self._admin_connect()
                 break
-            except (OSError, nats.errors.Error, asyncio.TimeoutError) as exc:
+            except (TimeoutError, OSError, nats.errors.Error) as exc:
                 if time.monotonic() > deadline:
-                    raise StartError(f"nats-server did not accept connections in {timeout:.0f}s: {exc}") from exc
+                    raise StartError(
+                        f"nats-server did not accept connections in {timeout:.0f}s: {exc}"
+                    ) from exc
                 await asyncio.sleep(0.1)
         try:
             await ensure_state(nc.jetstream())
@@ -178,7 +183,9 @@ class Supervisor:
                     except (nats.errors.NoRespondersError, nats.errors.TimeoutError):
                         pass
                 if missing and time.monotonic() > deadline:
-                    raise StartError(f"services did not come up in {timeout:.0f}s: {', '.join(sorted(missing))}")
+                    raise StartError(
+                        f"services did not come up in {timeout:.0f}s: {', '.join(sorted(missing))}"
+                    )
                 if missing:
                     await asyncio.sleep(0.2)
         finally:
@@ -193,7 +200,9 @@ class Supervisor:
             ran = time.monotonic() - child.started_at
             if ran > HEALTHY_AFTER_S:
                 child.backoff = RESTART_MIN_S
-            log.warning("%s exited with %s after %.1fs; restarting in %.1fs", child.name, rc, ran, child.backoff)
+            log.warning(
+                "%s exited with %s after %.1fs; restarting in %.1fs", child.name, rc, ran, child.backoff
+            )
             await asyncio.sleep(child.backoff)
             child.backoff = min(child.backoff * 2, RESTART_MAX_S)
             if self._stopping:
@@ -237,13 +246,14 @@ class Supervisor:
         admin = admin_identity(self.settings)
         d = pki.identity_dir(admin)
         ctx = self.settings.state_dir / "nats-context" / "qnf-admin.json"
+        sub = "nats --context qnf-admin sub 'qnf.v1.evt.>'"
         return "\n".join(
             [
                 f"qnf: fabric up on node {self.settings.node} (trust domain {self.settings.trust_domain})",
                 f"  bus:      {self.settings.url} (mutual TLS 1.3, TLS first, signed messages)",
-                f"  gateway:  http://127.0.0.1:{self.settings.gateway_port} (REST/gRPC arrive with the gateway)",
+                f"  gateway:  http://127.0.0.1:{self.settings.gateway_port} (REST/gRPC: the gateway issue)",
                 f"  admin:    cert {d / 'tls.crt'} key {d / 'tls.key'} ca {pki.ca_cert_path}",
-                f"  nats CLI: cp {ctx} ~/.config/nats/context/ && nats --context qnf-admin sub 'qnf.v1.evt.>'",
+                f"  nats CLI: cp {ctx} ~/.config/nats/context/ && {sub}",
                 f"  services: {', '.join(SERVICES)} (nats --context qnf-admin micro ls)",
                 "  stop:     Ctrl-C or SIGTERM",
             ]
@@ -259,7 +269,7 @@ async def _terminate(children: list[Child]) -> None:
         assert child.proc is not None
         try:
             await asyncio.wait_for(child.proc.wait(), STOP_GRACE_S)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             log.warning("%s did not stop in %.0fs; killing", child.name, STOP_GRACE_S)
             child.proc.kill()
             await child.proc.wait()
@@ -275,5 +285,3 @@ def _last_error(log_file: Path) -> str:
     except OSError:
         return "no log"
     return lines[-1].split("] ", 2)[-1] if lines else "see " + str(log_file)
-
-

@@ -54,7 +54,6 @@ ROLE_SUBSCRIBE: Final[dict[str, tuple[str, ...]]] = {
 USER_ROLES: Final[dict[str, str]] = {"admin": "admin", "viewer": "viewer"}
 
 
-
 def _stream_reads(stream: str) -> list[str]:
     """JetStream API subjects to read one stream: info, direct get, consumers (KV watch, events)."""
     return [

@@ -28,9 +28,9 @@ import nats.errors
 import nats.js.errors
 from nats.aio.client import Client
 from nats.aio.msg import Msg
-from nats.micro import ServiceConfig, add_service
+from nats.micro import add_service
 from nats.micro.request import ERROR_CODE_HEADER, ERROR_HEADER, Request
-from nats.micro.service import Service
+from nats.micro.service import Service, ServiceConfig
 from pydantic import BaseModel, ValidationError
 
 from libs.common.envelope import Rejected, Signer, TrustAnchors, Verifier
@@ -197,7 +197,7 @@ class Bus:
                 connect_timeout=3,
                 error_cb=on_error,
             )
-        except (OSError, nats.errors.Error, ssl.SSLError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, OSError, nats.errors.Error, ssl.SSLError) as exc:
             raise Unavailable(f"cannot connect to the bus at {url}: {exc}") from exc
         return cls(nc, service, node, signer, verifier, metrics, request_timeout)
 
@@ -209,7 +209,7 @@ class Bus:
             try:
                 await self.nc.drain()
                 return
-            except (nats.errors.Error, asyncio.TimeoutError) as exc:
+            except (TimeoutError, nats.errors.Error) as exc:
                 log.warning("drain failed: %s", exc)
         await self.nc.close()
 
@@ -270,13 +270,11 @@ class Bus:
         )
         try:
             await self.publish_event("security.rejected", event, kind="security")
-        except (nats.errors.Error, nats.js.errors.Error, asyncio.TimeoutError) as exc:
+        except (TimeoutError, nats.errors.Error, nats.js.errors.Error) as exc:
             log.warning("could not publish security event: %s", exc)
 
 
-async def _respond(
-    bus: Bus, request: Request, body: bytes, extra: dict[str, str] | None = None
-) -> None:
+async def _respond(bus: Bus, request: Request, body: bytes, extra: dict[str, str] | None = None) -> None:
     reply_to = request._msg.reply  # micro's Request hides the reply subject we must sign over
     if not reply_to:
         return
@@ -332,7 +330,9 @@ def _make_handler(bus: Bus, ep: Endpoint[Any, Any], serializer: KeyedSerializer)
             except QnfError as exc:
                 code = exc.code
                 await respond_error(
-                    bus, request, ErrorReply(code=exc.code, message=exc.message, retryable=exc.retryable)  # type: ignore[arg-type]
+                    bus,
+                    request,
+                    ErrorReply(code=exc.code, message=exc.message, retryable=exc.retryable),
                 )
             except Exception:
                 code = "internal"

@@ -12,7 +12,12 @@ from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import Field, field_validator
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
 
 from libs.common.ids import check_token, check_trust_domain
 
@@ -38,9 +43,13 @@ class Settings(BaseSettings):
     cert_lifetime_h: float = Field(24.0, gt=0, le=24 * 90)
     request_timeout_s: float = Field(5.0, gt=0)
     metrics_host: str = "127.0.0.1"
-    metrics_base_port: int = Field(9460, ge=0, le=65535, description="service i listens on base+i; 0: ephemeral")
+    metrics_base_port: int = Field(
+        9460, ge=0, le=65535, description="service i listens on base+i; 0: ephemeral"
+    )
     gateway_port: int = Field(8480, ge=0, le=65535)
-    nats_server_bin: Path | None = Field(None, description="nats-server to run; default: the venv's, then PATH")
+    nats_server_bin: Path | None = Field(
+        None, description="nats-server to run; default: the venv's, then PATH"
+    )
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
     @field_validator("trust_domain")

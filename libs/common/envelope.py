@@ -267,7 +267,9 @@ class Verifier:
         sender, kid, ts_ms, nonce, sigs, certs = self._parse(headers)
         return self._check_signatures(subject, sender, kid, ts_ms, nonce, sigs, certs, body, at_ms=ts_ms)
 
-    def _parse(self, headers: Mapping[str, str] | None) -> tuple[str, str, int, str, dict[str, str], dict[str, str]]:
+    def _parse(
+        self, headers: Mapping[str, str] | None
+    ) -> tuple[str, str, int, str, dict[str, str], dict[str, str]]:
         if not headers:
             raise Rejected("malformed", "no envelope headers")
         try:
@@ -305,7 +307,9 @@ class Verifier:
             if not trusted.not_before_ms <= at_ms <= trusted.not_after_ms:
                 raise Rejected("expired", f"{trusted.identity} certificate not valid at {at_ms}")
             if trusted.identity.uri != sender:
-                raise Rejected("bad_signature", f"sender {sender} is not the certificate's {trusted.identity}")
+                raise Rejected(
+                    "bad_signature", f"sender {sender} is not the certificate's {trusted.identity}"
+                )
             if alg == "ed25519" and trusted.kid != kid:
                 raise Rejected("bad_signature", "key id does not match the certificate")
             try:

@@ -21,24 +21,18 @@ the caller in `Nats-Service-Error`, and an `ErrorReply` body. Unexpected excepti
 
 from __future__ import annotations
 
-from typing import ClassVar, Final
+from typing import ClassVar, Final, Literal, get_args
 
-CODES: Final = (
-    "invalid",
-    "not_found",
-    "conflict",
-    "exhausted",
-    "unauthorized",
-    "forbidden",
-    "unavailable",
-    "internal",
-)
+ErrorCode = Literal[
+    "invalid", "not_found", "conflict", "exhausted", "unauthorized", "forbidden", "unavailable", "internal"
+]
+CODES: Final[tuple[str, ...]] = get_args(ErrorCode)
 
 
 class QnfError(Exception):
     """Root of every error the fabric reports; `code` is the stable wire code."""
 
-    code: ClassVar[str] = "internal"
+    code: ClassVar[ErrorCode] = "internal"
     retryable: ClassVar[bool] = False
 
     def __init__(self, message: str) -> None:

@@ -44,7 +44,9 @@ Kind = Literal["service", "node", "user"]
 def check_token(value: str, what: str) -> str:
     """Return `value` if it is a valid lower-case subject token (node, service, user names)."""
     if not _TOKEN.match(value):
-        raise ValueError(f"invalid {what} {value!r}: use 1-63 of [a-z0-9_-], starting and ending alphanumeric")
+        raise ValueError(
+            f"invalid {what} {value!r}: use 1-63 of [a-z0-9_-], starting and ending alphanumeric"
+        )
     return value
 
 

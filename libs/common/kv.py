@@ -49,7 +49,9 @@ class Change(Generic[M]):
 class TypedKV(Generic[M]):
     """A KV bucket whose values are signed `model` instances."""
 
-    def __init__(self, kv: KeyValue, bucket: str, model: type[M], *, signer: Signer, verifier: Verifier) -> None:
+    def __init__(
+        self, kv: KeyValue, bucket: str, model: type[M], *, signer: Signer, verifier: Verifier
+    ) -> None:
         self._kv = kv
         self.bucket = bucket
         self._model = model
@@ -141,4 +143,4 @@ class TypedKV(Generic[M]):
                 except Rejected as exc:
                     log.warning("ignoring unverifiable change %s/%s: %s", self.bucket, entry.key, exc)
         finally:
-            await watcher.stop()
+            await watcher.stop()  # type: ignore[no-untyped-call]

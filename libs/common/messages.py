@@ -6,9 +6,9 @@ default. Services import the models they speak; none defines its own wire types.
 
 from __future__ import annotations
 
-from typing import Literal
-
 from pydantic import BaseModel, ConfigDict, Field
+
+from libs.common.errors import ErrorCode
 
 
 class Message(BaseModel):
@@ -24,12 +24,12 @@ class Empty(Message):
 class ErrorReply(Message):
     """The body of every error reply; the same code is in `Nats-Service-Error-Code`."""
 
-    code: Literal[
-        "invalid", "not_found", "conflict", "exhausted", "unauthorized", "forbidden", "unavailable", "internal"
-    ]
+    code: ErrorCode
     message: str
     retryable: bool = False
-    correlation_id: str | None = Field(None, description="set for internal errors; find it in the service log")
+    correlation_id: str | None = Field(
+        None, description="set for internal errors; find it in the service log"
+    )
 
 
 class SecurityEvent(Message):

@@ -240,9 +240,9 @@ class IdentityMaterial:
 class PkiDirectory:
     """The on-disk layout of the PKI under one directory.
 
-        ca.crt ca.key ca-mldsa.crt ca-mldsa.key      the CA (keys only where certificates are made)
-        server.crt server.key                        the NATS server's TLS certificate
-        ids/<slug>/tls.crt tls.key mldsa.crt mldsa.key   one folder per identity
+    ca.crt ca.key ca-mldsa.crt ca-mldsa.key      the CA (keys only where certificates are made)
+    server.crt server.key                        the NATS server's TLS certificate
+    ids/<slug>/tls.crt tls.key mldsa.crt mldsa.key   one folder per identity
     """
 
     def __init__(self, root: Path) -> None:
@@ -316,7 +316,9 @@ class PkiDirectory:
             pq_cert = x509.load_pem_x509_certificate((d / "mldsa.crt").read_bytes())
         except OSError as exc:
             raise ValueError(f"cannot read identity {identity} from {d}: {exc.strerror}") from exc
-        if not isinstance(ed_key, ed25519.Ed25519PrivateKey) or not isinstance(pq_key, mldsa.MLDSA65PrivateKey):
+        if not isinstance(ed_key, ed25519.Ed25519PrivateKey) or not isinstance(
+            pq_key, mldsa.MLDSA65PrivateKey
+        ):
             raise ValueError(f"identity {identity}: wrong key types in {d}")
         for cert in (ed_cert, pq_cert):
             if spiffe_uri(cert) != identity.uri:

@@ -129,7 +129,9 @@ async def run_service(service: str, build: ActorFactory, settings: Settings, sto
     try:
         port = http.start(settings.metrics_host, port)
     except OSError as exc:
-        raise _Fatal(f"cannot listen for metrics on {settings.metrics_host}:{port}: {exc.strerror}", 2) from exc
+        raise _Fatal(
+            f"cannot listen for metrics on {settings.metrics_host}:{port}: {exc.strerror}", 2
+        ) from exc
 
     async with AsyncExitStack() as stack:
         stack.callback(http.stop)
@@ -159,7 +161,9 @@ async def run_service(service: str, build: ActorFactory, settings: Settings, sto
         try:
             await bus.publish_event(
                 "lifecycle.started",
-                ServiceStarted(service=service, node=settings.node, identity=identity.uri, version=package_version()),
+                ServiceStarted(
+                    service=service, node=settings.node, identity=identity.uri, version=package_version()
+                ),
             )
         except Exception as exc:  # the stream may be missing in a bare test server; serving matters more
             log.warning("could not publish the started event: %s", exc)

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import sys
 
-from libs.common.service import Context, main as run_main
+from libs.common.service import Context
+from libs.common.service import main as run_main
 from services.vnet.actor import VnetActor
 
 

@@ -38,8 +38,15 @@ async def _raw_connect(server: NatsServer, ctx: ssl.SSLContext, inbox: str = "_I
     async def on_error(exc: Exception) -> None:
         errors.append(exc)
 
-    nc = await nats.connect(server.url, tls=ctx, tls_handshake_first=True, allow_reconnect=False,
-                            connect_timeout=2, inbox_prefix=inbox, error_cb=on_error)
+    nc = await nats.connect(
+        server.url,
+        tls=ctx,
+        tls_handshake_first=True,
+        allow_reconnect=False,
+        connect_timeout=2,
+        inbox_prefix=inbox,
+        error_cb=on_error,
+    )
     nc._test_errors = errors  # type: ignore[attr-defined]
     return nc
 
@@ -62,7 +69,9 @@ async def test_certificate_from_another_ca_is_refused(fabric_pki: FabricPki, nat
         await _raw_connect(nats_server, ctx)
 
 
-async def test_unknown_identity_from_the_fabric_ca_is_refused(fabric_pki: FabricPki, nats_server: NatsServer) -> None:
+async def test_unknown_identity_from_the_fabric_ca_is_refused(
+    fabric_pki: FabricPki, nats_server: NatsServer
+) -> None:
     mallory = fabric_pki.identity("user", "mallory")  # a valid certificate, but no user on the server
     fabric_pki.issue(mallory)
     with pytest.raises((nats.errors.Error, OSError)):
@@ -133,8 +142,12 @@ async def test_forged_message_is_rejected_counted_and_reported(echo_service, con
     headers = gateway.sign(ECHO, Echo(text="hello").model_dump_json().encode())  # signature of another body
     msg = await gateway.nc.request(ECHO, body, headers=headers, timeout=2)
     assert msg.headers["Nats-Service-Error-Code"] == "unauthorized"
-    assert json.loads(msg.data) == {"code": "unauthorized", "message": "request rejected: unauthorized",
-                                    "retryable": False, "correlation_id": None}
+    assert json.loads(msg.data) == {
+        "code": "unauthorized",
+        "message": "request rejected: unauthorized",
+        "retryable": False,
+        "correlation_id": None,
+    }
     assert _rejected(registry, "bad_signature") == 1
     events = await _security_events(admin)
     assert [(e["reason"], e["subject"], e["claimed_sender"]) for e in events] == [
@@ -186,8 +199,11 @@ async def test_expired_certificate_on_an_open_connection_is_rejected(
     gateway_id = fabric_pki.identity("service", "gateway")
     # Valid for the TLS handshake now, expired a moment later: nats-server keeps the connection.
     now = dt.datetime.now(dt.UTC)
-    fabric_pki.issue(gateway_id, now=now - dt.timedelta(seconds=58) + dt.timedelta(minutes=1),
-                     lifetime=dt.timedelta(seconds=2))
+    fabric_pki.issue(
+        gateway_id,
+        now=now - dt.timedelta(seconds=58) + dt.timedelta(minutes=1),
+        lifetime=dt.timedelta(seconds=2),
+    )
     cert = x509.load_pem_x509_certificate((fabric_pki.pki.identity_dir(gateway_id) / "tls.crt").read_bytes())
     gateway: Bus = await connect_bus(gateway_id)
     await asyncio.sleep(max(0.0, cert.not_valid_after_utc.timestamp() - time.time()) + 0.5)
@@ -197,13 +213,16 @@ async def test_expired_certificate_on_an_open_connection_is_rejected(
     assert _rejected(registry, "expired") == 1
 
 
-async def test_certificate_not_from_fabric_ca_in_envelope_is_rejected(echo_service, connect_bus, fabric_pki) -> None:  # type: ignore[no-untyped-def]
+async def test_certificate_not_from_fabric_ca_in_envelope_is_rejected(
+    echo_service, connect_bus, fabric_pki
+) -> None:  # type: ignore[no-untyped-def]
     """An allowed connection signing with keys of a foreign CA is refused by the service."""
     _, registry, _ = echo_service
     gateway: Bus = await connect_bus(fabric_pki.identity("service", "gateway"))
     foreign = CertificateAuthority.create(TRUST_DOMAIN, now=dt.datetime.now(dt.UTC))
-    gateway.signer.rotate(foreign.issue(gateway.identity, now=dt.datetime.now(dt.UTC),
-                                        lifetime=dt.timedelta(hours=1)))
+    gateway.signer.rotate(
+        foreign.issue(gateway.identity, now=dt.datetime.now(dt.UTC), lifetime=dt.timedelta(hours=1))
+    )
     with pytest.raises(Unauthorized):
         await gateway.request(ECHO, Echo(text="x"), Echo)
     assert _rejected(registry, "untrusted") == 1

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import nats
 import nats.errors
+from prometheus_client import CollectorRegistry
 
 from libs.common.authz import may_publish
 from libs.common.bus import Bus, tls_context, trust_anchors
@@ -23,7 +24,6 @@ from libs.common.ids import SERVICES, SpiffeId
 from libs.common.messages import Echo
 from libs.common.metrics import BusMetrics
 from libs.common.pki import PkiDirectory
-from prometheus_client import CollectorRegistry
 
 
 async def main(state_dir: str, verb: str) -> dict[str, object]:

@@ -104,8 +104,11 @@ def _start_fails(ns: str, args: list[str], env_extra: dict[str, str] | None = No
 
 
 def test_missing_nats_server_binary(node_netns: str, tmp_path: Path) -> None:
-    rc, line = _start_fails(node_netns, ["--state-dir", str(tmp_path)],
-                            {"QNF_NATS_SERVER_BIN": str(tmp_path / "no-such-nats-server")})
+    rc, line = _start_fails(
+        node_netns,
+        ["--state-dir", str(tmp_path)],
+        {"QNF_NATS_SERVER_BIN": str(tmp_path / "no-such-nats-server")},
+    )
     assert rc == 2 and "nats-server" in line
 
 
@@ -117,10 +120,14 @@ def test_corrupt_ca_key(node_netns: str, tmp_path: Path) -> None:
 
 
 def test_port_in_use(node_netns: str, tmp_path: Path) -> None:
-    holder = _in_ns(node_netns, sys.executable, "-c",
-                    "import socket,sys,time\n"
-                    "s=socket.socket(); s.bind(('127.0.0.1', 4222)); s.listen(); print('ok', flush=True); time.sleep(60)",
-                    stdout=subprocess.PIPE)
+    holder = _in_ns(
+        node_netns,
+        sys.executable,
+        "-c",
+        "import socket,sys,time\n"
+        "s=socket.socket(); s.bind(('127.0.0.1', 4222)); s.listen(); print('ok', flush=True); time.sleep(60)",
+        stdout=subprocess.PIPE,
+    )
     try:
         _wait_for_line(holder, "ok", timeout=10)
         rc, line = _start_fails(node_netns, ["--state-dir", str(tmp_path)])

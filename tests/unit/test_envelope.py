@@ -17,8 +17,8 @@ from libs.common.envelope import (
     HDR_SENDER,
     HDR_SIG,
     HDR_TS,
-    ReplayCache,
     Rejected,
+    ReplayCache,
     Signer,
     TrustAnchors,
     Verifier,
@@ -54,8 +54,13 @@ def anchors(ca: CertificateAuthority) -> TrustAnchors:
     return TrustAnchors(TD, ca.ed25519_cert, ca.mldsa_cert)
 
 
-def make(ca: CertificateAuthority, identity: SpiffeId = GATEWAY, suite: str = "ed25519",
-         lifetime: dt.timedelta = dt.timedelta(hours=1), clock: Clock | None = None) -> tuple[Signer, Verifier, Clock]:
+def make(
+    ca: CertificateAuthority,
+    identity: SpiffeId = GATEWAY,
+    suite: str = "ed25519",
+    lifetime: dt.timedelta = dt.timedelta(hours=1),
+    clock: Clock | None = None,
+) -> tuple[Signer, Verifier, Clock]:
     clock = clock or Clock()
     signer = Signer(ca.issue(identity, now=NOW, lifetime=lifetime), suite, clock=clock)  # type: ignore[arg-type]
     verifier = Verifier(anchors(ca), suite, authorize=may_publish, clock=clock, max_skew_ms=30_000)  # type: ignore[arg-type]
@@ -84,8 +89,19 @@ def test_valid_message_passes(ca: CertificateAuthority, suite: str) -> None:
         (lambda s, h, b: (s, {**h, HDR_CERT: "ed25519:!!!"}, b), "malformed"),
         (lambda s, h, b: (s, None, b), "malformed"),
     ],
-    ids=["body", "subject", "timestamp", "nonce", "signature", "sender", "kid", "no-sig", "bad-ts", "bad-cert",
-         "unsigned"],
+    ids=[
+        "body",
+        "subject",
+        "timestamp",
+        "nonce",
+        "signature",
+        "sender",
+        "kid",
+        "no-sig",
+        "bad-ts",
+        "bad-cert",
+        "unsigned",
+    ],
 )
 def test_tampering_fails(ca: CertificateAuthority, change, reason: str) -> None:  # type: ignore[no-untyped-def]
     signer, verifier, _ = make(ca)
@@ -149,10 +165,17 @@ def test_certificate_from_another_ca_fails(ca: CertificateAuthority) -> None:
 
 def test_other_trust_domain_fails() -> None:
     other = CertificateAuthority.create("evil.test", now=NOW)
-    signer = Signer(other.issue(SpiffeId.service("evil.test", "gateway"), now=NOW, lifetime=dt.timedelta(hours=1)),
-                    "ed25519", clock=Clock())
-    verifier = Verifier(TrustAnchors(TD, other.ed25519_cert, other.mldsa_cert), "ed25519",
-                        authorize=may_publish, clock=Clock())
+    signer = Signer(
+        other.issue(SpiffeId.service("evil.test", "gateway"), now=NOW, lifetime=dt.timedelta(hours=1)),
+        "ed25519",
+        clock=Clock(),
+    )
+    verifier = Verifier(
+        TrustAnchors(TD, other.ed25519_cert, other.mldsa_cert),
+        "ed25519",
+        authorize=may_publish,
+        clock=Clock(),
+    )
     with pytest.raises(Rejected) as info:
         verifier.verify(SUBJECT, signer.headers(SUBJECT, BODY), BODY)
     assert info.value.reason == "untrusted"

@@ -55,8 +55,13 @@ class FabricPki:
             return SpiffeId.service(TRUST_DOMAIN, name)
         return SpiffeId.user(TRUST_DOMAIN, name)
 
-    def issue(self, identity: SpiffeId, *, lifetime: dt.timedelta = dt.timedelta(hours=1),
-              now: dt.datetime | None = None) -> None:
+    def issue(
+        self,
+        identity: SpiffeId,
+        *,
+        lifetime: dt.timedelta = dt.timedelta(hours=1),
+        now: dt.datetime | None = None,
+    ) -> None:
         material = self.ca.issue(identity, now=now or dt.datetime.now(dt.UTC), lifetime=lifetime)
         self.pki.save_identity(material)
 
