@@ -22,6 +22,8 @@ from libs.common.ids import BUCKET_OWNERS, EVENTS_STREAM, SpiffeId, inbox_prefix
 ROLE_PUBLISH: Final[dict[str, tuple[str, ...]]] = {
     "vnet": (
         "qnf.v1.evt.vnet.>",
+        "qnf.v1.node.*.vnet.>",  # a forced network delete detaches endpoints on every node
+        "$SRV.PING.qnf-vnet",  # which replicas are alive: their leases are not orphans
         "qnf.v1.node.{node}.firewall.>",
         "qnf.v1.node.{node}.dns.>",
         "qnf.v1.node.{node}.nat.>",

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import json
 import logging
 import ssl
 import time
@@ -274,6 +275,28 @@ class Bus:
             log.warning("could not publish security event: %s", exc)
 
 
+async def live_instances(bus: Bus, service: str, *, wait: float = 0.3) -> set[str]:
+    """Instance ids of every running replica of `service` (from `$SRV.PING` replies)."""
+    inbox = bus.nc.new_inbox()
+    sub = await bus.nc.subscribe(inbox)
+    found: set[str] = set()
+    try:
+        await bus.nc.publish(f"$SRV.PING.qnf-{service}", b"", reply=inbox)
+        deadline = time.monotonic() + wait
+        while (left := deadline - time.monotonic()) > 0:
+            try:
+                msg = await sub.next_msg(timeout=left)
+            except nats.errors.TimeoutError:
+                break
+            try:
+                found.add(json.loads(msg.data)["metadata"]["instance"])
+            except (ValueError, KeyError, TypeError):
+                continue
+    finally:
+        await sub.unsubscribe()
+    return found
+
+
 async def _respond(bus: Bus, request: Request, body: bytes, extra: dict[str, str] | None = None) -> None:
     reply_to = request._msg.reply  # micro's Request hides the reply subject we must sign over
     if not reply_to:
@@ -373,6 +396,7 @@ async def serve(
     version: str,
     description: str = "",
     max_inflight: int = 64,
+    instance: str = "",
 ) -> Served:
     """Register the handler table with nats micro (so `nats micro ls|info|stats` see it) and serve."""
     service = await add_service(
@@ -381,7 +405,7 @@ async def serve(
             name=f"qnf-{bus.service}",
             version=version,
             description=description or f"qnf {bus.service}",
-            metadata={"node": bus.node, "identity": bus.identity.uri},
+            metadata={"node": bus.node, "identity": bus.identity.uri, "instance": instance},
             queue_group=bus.service,
         ),
     )

@@ -6,7 +6,10 @@ default. Services import the models they speak; none defines its own wire types.
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+from ipaddress import IPv4Address, IPv4Interface, IPv4Network, IPv6Address, IPv6Interface, IPv6Network
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from libs.common.errors import ErrorCode
 
@@ -56,3 +59,151 @@ class Echo(Message):
     """Request and reply of every service's `diag.echo` endpoint: a signed round trip for probes."""
 
     text: str = Field("", max_length=4096)
+
+
+# ---------------------------------------------------------------- vnet: networks and endpoints
+
+_NAME = r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"
+_CONTAINER_ID = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$"
+_MAC = r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$"
+_LABEL_KEY = (
+    r"^([a-z0-9A-Z]([a-zA-Z0-9.-]{0,251}[a-zA-Z0-9])?/)?[A-Za-z0-9]([A-Za-z0-9_.-]{0,61}[A-Za-z0-9])?$"
+)
+
+NetworkName = Annotated[str, StringConstraints(pattern=_NAME)]
+Labels = dict[
+    Annotated[str, StringConstraints(pattern=_LABEL_KEY)], Annotated[str, StringConstraints(max_length=63)]
+]
+Isolation = Literal["zero-trust", "default-allow"]
+
+
+class NetworkSpec(Message):
+    """What an operator asks for when creating a network."""
+
+    name: NetworkName
+    subnet: IPv4Network
+    gateway: IPv4Address | None = Field(None, description="default: the first usable address")
+    subnet6: IPv6Network | None = None
+    gateway6: IPv6Address | None = None
+    mtu: int = Field(1500, ge=576, le=9000)
+    labels: Labels = Field(default_factory=dict)
+    nat: bool = Field(True, description="masquerade traffic leaving the fabric")
+    isolation: Isolation = "zero-trust"
+
+
+class Network(NetworkSpec):
+    """A network as stored: gateways resolved, bridge named."""
+
+    gateway: IPv4Address
+    bridge: str
+    created_ms: int
+    revision: int = Field(0, description="KV revision when read; pass it back as a precondition")
+
+
+class NetworkRef(Message):
+    name: NetworkName
+
+
+class NetworkUpdate(Message):
+    """Mutable fields of a network; absent fields stay as they are."""
+
+    name: NetworkName
+    mtu: int | None = Field(None, ge=576, le=9000)
+    labels: Labels | None = None
+    nat: bool | None = None
+    isolation: Isolation | None = None
+    revision: int | None = Field(None, description="only update if the network is still at this revision")
+
+
+class NetworkDelete(Message):
+    name: NetworkName
+    force: bool = Field(False, description="detach attached endpoints first instead of refusing")
+
+
+class NetworkList(Message):
+    networks: list[Network]
+
+
+class PortMapping(Message):
+    """A published port, as CNI's portMappings capability describes it."""
+
+    host_port: int = Field(ge=1, le=65535)
+    container_port: int = Field(ge=1, le=65535)
+    protocol: Literal["tcp", "udp", "sctp"] = "tcp"
+    host_ip: IPv4Address | IPv6Address | None = None
+
+
+class EndpointAdd(Message):
+    """Attach a container's network namespace to a network on this node."""
+
+    request_id: str = Field(min_length=1, max_length=64, description="retries of one request reuse it")
+    container_id: Annotated[str, StringConstraints(pattern=_CONTAINER_ID)]
+    ifname: Annotated[str, StringConstraints(min_length=1, max_length=15, pattern=r"^[^/:\s]+$")]
+    netns: Annotated[str, StringConstraints(pattern=r"^/", max_length=4096)]
+    network: NetworkName
+    name: NetworkName | None = Field(None, description="DNS name; default: the container id's first 12")
+    labels: Labels = Field(default_factory=dict)
+    mac: Annotated[str, StringConstraints(pattern=_MAC)] | None = None
+    ips: list[IPv4Address | IPv6Address] = Field(default_factory=list, max_length=2)
+    port_mappings: list[PortMapping] = Field(default_factory=list, max_length=1024)
+
+
+class EndpointRemove(Message):
+    """Detach; succeeds when the endpoint is already gone."""
+
+    container_id: Annotated[str, StringConstraints(pattern=_CONTAINER_ID)]
+    ifname: Annotated[str, StringConstraints(min_length=1, max_length=15, pattern=r"^[^/:\s]+$")]
+    netns: str | None = None
+
+
+class EndpointRef(Message):
+    container_id: Annotated[str, StringConstraints(pattern=_CONTAINER_ID)]
+    ifname: Annotated[str, StringConstraints(min_length=1, max_length=15, pattern=r"^[^/:\s]+$")]
+
+
+class Endpoint(Message):
+    """An attached container interface, as recorded in `qnf-endpoints` and returned by ADD."""
+
+    endpoint_id: str
+    request_id: str
+    container_id: str
+    ifname: str
+    netns: str
+    node: str
+    network: str
+    name: str
+    labels: Labels
+    identity: str
+    mac: str
+    mtu: int
+    host_ifname: str
+    addresses: list[IPv4Interface | IPv6Interface]
+    gateways: list[IPv4Address | IPv6Address]
+    port_mappings: list[PortMapping] = Field(default_factory=list)
+    created_ms: int
+
+
+class EndpointList(Message):
+    endpoints: list[Endpoint]
+
+
+class EndpointFilter(Message):
+    network: NetworkName | None = None
+    node: str | None = None
+
+
+class Lease(Message):
+    """One allocated address in `qnf-ipam`: who holds it."""
+
+    network: str
+    address: IPv4Address | IPv6Address
+    owner: str = Field(description="endpoint id of the holder")
+    node: str
+    agent: str = Field("", description="instance id of the vnet agent that claimed it")
+    ts_ms: int
+
+
+class Removed(Message):
+    """Reply of idempotent deletes: whether something was there."""
+
+    existed: bool

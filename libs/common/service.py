@@ -20,6 +20,7 @@ import logging
 import signal
 import sys
 import time
+import uuid
 from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
@@ -69,6 +70,7 @@ class Context:
     bus: Bus
     settings: Settings
     registry: CollectorRegistry
+    instance: str  # this process's id, announced in the micro-service metadata
 
 
 ActorFactory = Callable[[Context], Awaitable[Actor]]
@@ -149,8 +151,11 @@ async def run_service(service: str, build: ActorFactory, settings: Settings, sto
         except Unavailable as exc:
             raise _Fatal(str(exc), 3) from exc
         stack.push_async_callback(bus.close)
-        actor = await build(Context(bus, settings, registry))
-        served: Served = await serve(bus, [*actor.endpoints(), echo_endpoint()], version=package_version())
+        instance = uuid.uuid4().hex
+        actor = await build(Context(bus, settings, registry, instance))
+        served: Served = await serve(
+            bus, [*actor.endpoints(), echo_endpoint()], version=package_version(), instance=instance
+        )
         stack.push_async_callback(actor.stop)
         stack.push_async_callback(served.stop)  # runs first: stop taking requests, finish in-flight
         await actor.start()

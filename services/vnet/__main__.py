@@ -7,10 +7,12 @@ import sys
 from libs.common.service import Context
 from libs.common.service import main as run_main
 from services.vnet.actor import VnetActor
+from services.vnet.adapters.netlink import KernelDataplane
+from services.vnet.adapters.store import Stores
 
 
 async def build(ctx: Context) -> VnetActor:
-    return VnetActor(ctx)
+    return VnetActor(ctx, await Stores.open(ctx.bus), KernelDataplane())
 
 
 def main() -> int:

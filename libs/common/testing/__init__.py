@@ -240,3 +240,191 @@ def node_netns() -> Iterator[str]:
             except ProcessLookupError:
                 pass
         netns.remove(name)
+
+
+class NodeClient:
+    """Signed requests from inside a node namespace, through `libs.common.testing.nodeclient`."""
+
+    def __init__(self, ns: str, state: Path, identity: SpiffeId) -> None:
+        import subprocess
+        import sys
+
+        self._proc = subprocess.Popen(
+            [
+                "nsenter",
+                f"--net=/run/netns/{ns}",
+                sys.executable,
+                "-m",
+                "libs.common.testing.nodeclient",
+                str(state),
+                identity.uri,
+            ],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            cwd=Path(__file__).resolve().parents[3],
+        )
+        self._read()  # {"ready": true}
+
+    def _read(self) -> dict:  # type: ignore[type-arg]
+        import json
+
+        assert self._proc.stdout is not None
+        line = self._proc.stdout.readline()
+        if not line:
+            raise RuntimeError("node client exited")
+        return json.loads(line)  # type: ignore[no-any-return]
+
+    def _send(self, doc: dict) -> dict:  # type: ignore[type-arg]
+        import json
+
+        assert self._proc.stdin is not None
+        self._proc.stdin.write(json.dumps(doc) + "\n")
+        self._proc.stdin.flush()
+        return self._read()
+
+    def request(self, subject: str, body: dict | None = None, timeout: float = 15) -> dict:  # type: ignore[type-arg]
+        """The reply as a dict, or {"error": {"code", "message"}}."""
+        return self._send({"subject": subject, "body": body or {}, "timeout": timeout})
+
+    def call(self, subject: str, body: dict | None = None, timeout: float = 15) -> dict:  # type: ignore[type-arg]
+        """The reply; fails the test on an error reply."""
+        out = self.request(subject, body, timeout)
+        assert "reply" in out, out
+        return out["reply"]  # type: ignore[no-any-return]
+
+    def batch(self, items: list[tuple[str, dict]]) -> list[dict]:  # type: ignore[type-arg]
+        """Send all at once (concurrently) and return the results in order."""
+        out = self._send({"batch": [{"subject": s, "body": b} for s, b in items]})
+        return out["replies"]  # type: ignore[no-any-return]
+
+    def kv_keys(self, bucket: str) -> list[str]:
+        return self._send({"kv_keys": bucket})["keys"]  # type: ignore[no-any-return]
+
+    def close(self) -> None:
+        assert self._proc.stdin is not None and self._proc.stdout is not None
+        self._proc.stdin.close()
+        try:
+            self._proc.wait(10)
+        except Exception:
+            self._proc.kill()
+            self._proc.wait()
+        self._proc.stdout.close()
+
+
+@dataclass
+class FabricNode:
+    """The whole single-node fabric (`qnf up`) running inside a test node namespace."""
+
+    ns: str
+    state: Path
+    proc: subprocess.Popen[str]
+    node: str = NODE
+
+    def client(self, identity: SpiffeId | None = None) -> NodeClient:
+        return NodeClient(self.ns, self.state, identity or SpiffeId.service("qnf.local", "gateway"))
+
+    def service_pids(self, service: str) -> list[int]:
+        out = []
+        for pid in pids_in_netns(self.ns):
+            try:
+                cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if f"services.{service}".encode() in cmdline:
+                out.append(pid)
+        return out
+
+    def exec(self, *argv: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            ["nsenter", f"--net=/run/netns/{self.ns}", *argv], capture_output=True, text=True, timeout=timeout
+        )
+
+
+def start_fabric(
+    ns: str, state: Path, *, env: dict[str, str] | None = None, timeout: float = 90
+) -> FabricNode:
+    """Run `qnf up` in `ns` and wait for its banner; the caller stops it with `stop_fabric`."""
+    import os
+    import sys
+
+    root = Path(__file__).resolve().parents[3]
+    proc = subprocess.Popen(
+        [
+            "nsenter",
+            f"--net=/run/netns/{ns}",
+            str(Path(sys.executable).parent / "qnf"),
+            "--state-dir",
+            str(state),
+            "--node",
+            NODE,
+            "up",
+        ],
+        cwd=root,
+        stdout=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+        env={**os.environ, **(env or {})},
+    )
+    assert proc.stdout is not None
+    deadline = time.monotonic() + timeout
+    seen = []
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            break
+        seen.append(line)
+        if line.startswith("  stop:"):
+            return FabricNode(ns, state, proc)
+    proc.kill()
+    proc.wait()
+    proc.stdout.close()
+    raise RuntimeError(f"fabric did not come up: {seen}")
+
+
+def stop_fabric(fabric: FabricNode) -> int:
+    """SIGTERM the supervisor and wait; returns its exit code."""
+    import signal
+
+    fabric.proc.send_signal(signal.SIGTERM)
+    try:
+        rc = fabric.proc.wait(60)
+    except subprocess.TimeoutExpired:
+        fabric.proc.kill()
+        rc = fabric.proc.wait()
+    assert fabric.proc.stdout is not None
+    fabric.proc.stdout.close()
+    return rc
+
+
+@pytest.fixture
+def fabric_node(node_netns: str, tmp_path: Path) -> Iterator[FabricNode]:
+    """The fabric up in a fresh node namespace (function scope; depends on node_netns)."""
+    fabric = start_fabric(node_netns, tmp_path / "state")
+    try:
+        yield fabric
+    finally:
+        stop_fabric(fabric)
+
+
+@pytest.fixture
+def container_netns() -> Iterator[Callable[[], str]]:
+    """Factory of container namespaces (`/run/netns/qnfc-<hex>`); all deleted in teardown."""
+    import uuid
+
+    from pyroute2 import netns
+
+    made: list[str] = []
+
+    def make() -> str:
+        name = f"qnfc-{uuid.uuid4().hex[:8]}"
+        netns.create(name)
+        made.append(name)
+        return name
+
+    yield make
+    for name in made:
+        try:
+            netns.remove(name)
+        except OSError:
+            pass

@@ -1,0 +1,95 @@
+"""A bus client that lives inside a test node's namespace, driven over stdin/stdout.
+
+The fabric's nats-server listens on the node namespace's loopback, which the test process (in
+the root namespace) cannot reach; this helper runs there (`nsenter --net=...`) and relays
+signed requests as JSON lines:
+
+    {"subject": S, "body": {...}, "timeout": 10}             -> {"reply": {...}} | {"error": {...}}
+    {"batch": [{"subject": S, "body": {...}}, ...]}          -> {"replies": [...]}   (concurrently)
+    {"kv_keys": BUCKET}                                      -> {"keys": [...]}      (admin only)
+
+Run: python -m libs.common.testing.nodeclient STATE_DIR SPIFFE_ID
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from prometheus_client import CollectorRegistry
+from pydantic import BaseModel, ConfigDict
+
+from libs.common.authz import may_publish
+from libs.common.bus import Bus, tls_context, trust_anchors
+from libs.common.config import load_settings
+from libs.common.envelope import Signer, Verifier
+from libs.common.errors import QnfError
+from libs.common.ids import SpiffeId
+from libs.common.metrics import BusMetrics
+from libs.common.pki import PkiDirectory
+
+
+class _Json(BaseModel):
+    """Any JSON object, passed through as given: the service under test validates it."""
+
+    model_config = ConfigDict(extra="allow")
+
+
+async def _one(bus: Bus, item: dict[str, Any]) -> dict[str, Any]:
+    try:
+        reply = await bus.request(
+            item["subject"], _Json(**item.get("body", {})), _Json, timeout=item.get("timeout", 15)
+        )
+        return {"reply": reply.model_dump()}
+    except QnfError as exc:
+        return {"error": {"code": exc.code, "message": exc.message}}
+
+
+async def main(state_dir: str, uri: str) -> None:
+    settings = load_settings(state_dir=Path(state_dir))
+    pki = PkiDirectory(settings.pki_dir)
+    identity = SpiffeId.parse(uri)
+    bus = await Bus.connect(
+        url=settings.url,
+        tls=tls_context(pki, identity),
+        service="test",
+        node=settings.node,
+        signer=Signer(pki.load_identity(identity), settings.signature_suite, clock=time.time),
+        verifier=Verifier(
+            trust_anchors(pki, settings.trust_domain),
+            settings.signature_suite,
+            authorize=may_publish,
+            clock=time.time,
+        ),
+        metrics=BusMetrics(CollectorRegistry()),
+    )
+    loop = asyncio.get_running_loop()
+    print(json.dumps({"ready": True}), flush=True)
+    try:
+        while True:
+            line = await loop.run_in_executor(None, sys.stdin.readline)
+            if not line:
+                return
+            item = json.loads(line)
+            if "kv_keys" in item:  # raw read of a bucket, for assertions (admin identity only)
+                kv = await bus.nc.jetstream().key_value(item["kv_keys"])
+                try:
+                    keys = await kv.keys()
+                except Exception:  # nats raises NoKeysError for an empty bucket
+                    keys = []
+                out: dict[str, Any] = {"keys": sorted(keys)}
+            elif "batch" in item:
+                out = {"replies": await asyncio.gather(*(_one(bus, i) for i in item["batch"]))}
+            else:
+                out = await _one(bus, item)
+            print(json.dumps(out, default=str), flush=True)
+    finally:
+        await bus.close()
+
+
+if __name__ == "__main__":
+    asyncio.run(main(sys.argv[1], sys.argv[2]))

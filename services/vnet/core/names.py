@@ -1,0 +1,52 @@
+"""Deterministic names, derived from ids so that DEL and GC find things again without state.
+
+Invariants: every kernel name fits IFNAMSIZ (15 bytes); the prefixes `qnf-` (bridges) and `q` +
+10 hex (host-side veths) mark links the fabric owns, and reconcile only ever touches those.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from typing import Final
+
+BRIDGE_PREFIX: Final = "qnf-"
+OWNED_BRIDGE: Final = re.compile(r"^qnf-[0-9a-f]{8}$")
+OWNED_VETH: Final = re.compile(r"^q[0-9a-f]{10}$")
+
+
+def _digest(*parts: str) -> str:
+    return hashlib.sha256("\x00".join(parts).encode()).hexdigest()
+
+
+def bridge_name(network: str) -> str:
+    """`qnf-<8 hex>`: the bridge of a network on every node."""
+    return f"{BRIDGE_PREFIX}{_digest('bridge', network)[:8]}"
+
+
+def endpoint_id(container_id: str, ifname: str) -> str:
+    """The id of a container interface: stable across retries, unique per (container, ifname)."""
+    return _digest("endpoint", container_id, ifname)[:24]
+
+
+def host_veth_name(endpoint: str) -> str:
+    """`q<10 hex>`: the host end of an endpoint's veth pair."""
+    return f"q{endpoint[:10]}"
+
+
+def endpoint_mac(endpoint: str) -> str:
+    """A locally administered unicast MAC derived from the endpoint id."""
+    raw = bytearray(bytes.fromhex(_digest("mac", endpoint)[:12]))
+    raw[0] = (raw[0] & 0xFC) | 0x02  # unicast, locally administered
+    return ":".join(f"{b:02x}" for b in raw)
+
+
+def lease_key(network: str, address: str) -> str:
+    """KV key of an address lease; ':' is not allowed in KV keys, so IPv6 uses '_'."""
+    return f"{network}.{address.replace(':', '_')}"
+
+
+def default_endpoint_name(container_id: str) -> str:
+    """A DNS label from a container id when the runtime names nothing better (its first 12)."""
+    label = re.sub(r"[^a-z0-9-]", "-", container_id.lower())[:12].strip("-")
+    return label or "endpoint"
