@@ -50,6 +50,18 @@ async def _up(settings: Settings) -> int:
     return 0
 
 
+async def _bootstrap(settings: Settings) -> int:
+    from fabric.supervisor import StartError, Supervisor
+
+    try:
+        await Supervisor(settings).bootstrap()
+    except StartError as exc:
+        print(f"qnf: error: {exc}", file=sys.stderr)
+        return 2
+    print("qnf: stream and buckets ready", flush=True)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="qnf", description="Quantum-Network Fabric")
     parser.add_argument(
@@ -60,6 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("up", help="start the whole fabric on this node")
     sub.add_parser("init", help="create the CA, identities and nats-server config, then exit")
+    sub.add_parser("bootstrap", help="create the event stream and KV buckets on a running bus, then exit")
     args = parser.parse_args(argv)
     try:
         settings = _settings(args)
@@ -73,6 +86,8 @@ def main(argv: list[str] | None = None) -> int:
         prepared = prepare(settings)
         print(f"qnf: prepared {settings.state_dir}; nats-server config {prepared.nats_config}")
         return 0
+    if args.command == "bootstrap":
+        return asyncio.run(_bootstrap(settings))
     return asyncio.run(_up(settings))
 
 

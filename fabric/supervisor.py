@@ -169,6 +169,17 @@ class Supervisor:
         finally:
             await nc.close()
 
+    async def bootstrap(self) -> None:
+        """Create the event stream and buckets on an already running server (compose's one-shot)."""
+        try:
+            nc = await self._admin_connect(timeout=5)
+        except (TimeoutError, OSError, ValueError, nats.errors.Error) as exc:
+            raise StartError(f"cannot reach the bus at {self.settings.url} as admin: {exc}") from exc
+        try:
+            await ensure_state(nc.jetstream())
+        finally:
+            await nc.close()
+
     async def _wait_for_services(self, timeout: float = 30.0) -> None:
         """Wait until every service answers the micro-service PING."""
         nc = await self._admin_connect()

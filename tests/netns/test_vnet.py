@@ -24,8 +24,14 @@ ADMIN = SpiffeId.user("qnf.local", "admin")
 
 
 def _add(client: NodeClient, net: str, ns: str, **extra) -> dict:  # type: ignore[no-untyped-def]
-    body = {"request_id": uuid.uuid4().hex, "container_id": ns, "ifname": "eth0",
-            "netns": f"/run/netns/{ns}", "network": net, **extra}
+    body = {
+        "request_id": uuid.uuid4().hex,
+        "container_id": ns,
+        "ifname": "eth0",
+        "netns": f"/run/netns/{ns}",
+        "network": net,
+        **extra,
+    }
     return client.request(f"{NODE_CMD}.endpoint.add", body)
 
 
@@ -39,22 +45,34 @@ def _owned_veths(fabric: FabricNode) -> list[str]:
 
 
 def _in(ns: str, *argv: str, timeout: float = 10) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(["nsenter", f"--net=/run/netns/{ns}", *argv], capture_output=True, text=True,
-                          timeout=timeout)
+    return subprocess.run(
+        ["nsenter", f"--net=/run/netns/{ns}", *argv], capture_output=True, text=True, timeout=timeout
+    )
 
 
 def _tcp_ok(server_ns: str, client_ns: str, address: str) -> bool:
     server = subprocess.Popen(
-        ["nsenter", f"--net=/run/netns/{server_ns}", sys.executable, "-c",
-         "import socket\ns=socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n"
-         "s.bind(('0.0.0.0', 8080)); s.listen(); print('up', flush=True)\n"
-         "c,_=s.accept(); c.sendall(c.recv(64).upper()); c.close()"],
-        stdout=subprocess.PIPE, text=True)
+        [
+            "nsenter",
+            f"--net=/run/netns/{server_ns}",
+            sys.executable,
+            "-c",
+            "import socket\ns=socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n"
+            "s.bind(('0.0.0.0', 8080)); s.listen(); print('up', flush=True)\n"
+            "c,_=s.accept(); c.sendall(c.recv(64).upper()); c.close()",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert server.stdout is not None and server.stdout.readline().strip() == "up"
-        out = _in(client_ns, sys.executable, "-c",
-                  f"import socket\nc=socket.create_connection(('{address}', 8080), timeout=3)\n"
-                  "c.sendall(b'hello'); print(c.recv(64).decode())")
+        out = _in(
+            client_ns,
+            sys.executable,
+            "-c",
+            f"import socket\nc=socket.create_connection(('{address}', 8080), timeout=3)\n"
+            "c.sendall(b'hello'); print(c.recv(64).decode())",
+        )
         return out.stdout.strip() == "HELLO"
     finally:
         server.kill()
@@ -72,8 +90,10 @@ def gw(fabric_node: FabricNode):  # type: ignore[no-untyped-def]
 
 
 def test_endpoints_reach_each_other_with_mtu_and_mac(fabric_node, gw, container_netns) -> None:  # type: ignore[no-untyped-def]
-    net = gw.call(f"{CMD}.network.create", {"name": "blue", "subnet": "10.10.0.0/24", "mtu": 1400,
-                                            "isolation": "default-allow"})
+    net = gw.call(
+        f"{CMD}.network.create",
+        {"name": "blue", "subnet": "10.10.0.0/24", "mtu": 1400, "isolation": "default-allow"},
+    )
     assert net["gateway"] == "10.10.0.1" and net["bridge"].startswith("qnf-")
     a, b = container_netns(), container_netns()
     ea = _add(gw, "blue", a, mac="02:00:00:aa:bb:01")["reply"]
@@ -97,8 +117,10 @@ def test_endpoints_reach_each_other_with_mtu_and_mac(fabric_node, gw, container_
 
 
 def test_networks_do_not_share_a_bridge_and_ipv6_works(fabric_node, gw, container_netns) -> None:  # type: ignore[no-untyped-def]
-    red = gw.call(f"{CMD}.network.create", {"name": "red", "subnet": "10.20.0.0/24",
-                                            "subnet6": "fd00:20::/64", "isolation": "default-allow"})
+    red = gw.call(
+        f"{CMD}.network.create",
+        {"name": "red", "subnet": "10.20.0.0/24", "subnet6": "fd00:20::/64", "isolation": "default-allow"},
+    )
     green = gw.call(f"{CMD}.network.create", {"name": "green", "subnet": "10.30.0.0/24"})
     assert red["bridge"] != green["bridge"]
     a, b, c = container_netns(), container_netns(), container_netns()
@@ -106,8 +128,10 @@ def test_networks_do_not_share_a_bridge_and_ipv6_works(fabric_node, gw, containe
     ec = _add(gw, "green", c)["reply"]
     assert ea["addresses"] == ["10.20.0.2/24", "fd00:20::2/64"]
     with NetNS(f"/run/netns/{fabric_node.ns}") as ns:
+
         def master(ifname: str) -> int:
             return ns.get_links(ns.link_lookup(ifname=ifname)[0])[0].get("master")
+
         assert master(ea["host_ifname"]) == master(eb["host_ifname"]) != master(ec["host_ifname"])
     assert _in(a, "ping", "-c", "1", "-W", "2", "fd00:20::3").returncode == 0
     assert _in(a, "ping", "-c", "1", "-W", "1", ec["addresses"][0].split("/")[0]).returncode != 0
@@ -162,7 +186,13 @@ def test_bad_endpoint_requests_leave_nothing(fabric_node, gw, container_netns) -
 def test_retry_with_the_same_request_id_is_idempotent(fabric_node, gw, container_netns) -> None:  # type: ignore[no-untyped-def]
     gw.call(f"{CMD}.network.create", {"name": "blue", "subnet": "10.70.0.0/24"})
     a = container_netns()
-    body = {"request_id": "r-1", "container_id": a, "ifname": "eth0", "netns": f"/run/netns/{a}", "network": "blue"}
+    body = {
+        "request_id": "r-1",
+        "container_id": a,
+        "ifname": "eth0",
+        "netns": f"/run/netns/{a}",
+        "network": "blue",
+    }
     first = gw.call(f"{NODE_CMD}.endpoint.add", body)
     again = gw.call(f"{NODE_CMD}.endpoint.add", body)
     assert first == again
@@ -187,10 +217,17 @@ def test_delete_network_refused_while_attached_unless_forced(fabric_node, gw, co
 def _start_second_vnet(fabric: FabricNode) -> subprocess.Popen[bytes]:
     import os
 
-    env = {**os.environ, "QNF_STATE_DIR": str(fabric.state), "QNF_NODE": fabric.node,
-           "QNF_METRICS_BASE_PORT": "19460"}
-    proc = subprocess.Popen(["nsenter", f"--net=/run/netns/{fabric.ns}", sys.executable, "-m", "services.vnet"],
-                            env=env, stderr=subprocess.DEVNULL)
+    env = {
+        **os.environ,
+        "QNF_STATE_DIR": str(fabric.state),
+        "QNF_NODE": fabric.node,
+        "QNF_METRICS_BASE_PORT": "19460",
+    }
+    proc = subprocess.Popen(
+        ["nsenter", f"--net=/run/netns/{fabric.ns}", sys.executable, "-m", "services.vnet"],
+        env=env,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.monotonic() + 20
     while len(fabric.service_pids("vnet")) < 2:
         assert time.monotonic() < deadline, "second vnet did not start"
@@ -204,21 +241,46 @@ def test_fifty_parallel_adds_on_two_replicas(fabric_node, gw, container_netns) -
     try:
         gw.call(f"{CMD}.network.create", {"name": "big", "subnet": "10.90.0.0/26"})  # 61 usable
         spaces = [container_netns() for _ in range(50)]
-        adds = [(f"{NODE_CMD}.endpoint.add", {"request_id": s, "container_id": s, "ifname": "eth0",
-                                             "netns": f"/run/netns/{s}", "network": "big"}) for s in spaces]
+        adds = [
+            (
+                f"{NODE_CMD}.endpoint.add",
+                {
+                    "request_id": s,
+                    "container_id": s,
+                    "ifname": "eth0",
+                    "netns": f"/run/netns/{s}",
+                    "network": "big",
+                },
+            )
+            for s in spaces
+        ]
         results = gw.batch(adds)
         assert all("reply" in r for r in results), [r for r in results if "reply" not in r][:3]
         addresses = {r["reply"]["addresses"][0] for r in results}
         assert len(addresses) == 50
         removes = [(f"{NODE_CMD}.endpoint.remove", {"container_id": s, "ifname": "eth0"}) for s in spaces]
         removed = gw.batch(removes)
-        assert all(r.get("reply") == {"existed": True} for r in removed), [r for r in removed if "reply" not in r][:3]
+        assert all(r.get("reply") == {"existed": True} for r in removed), [
+            r for r in removed if "reply" not in r
+        ][:3]
         assert _owned_veths(fabric_node) == []
         # The pool is whole again: every one of the 61 addresses can be handed out.
         refill = [container_netns() for _ in range(61)]
-        results = gw.batch([(f"{NODE_CMD}.endpoint.add", {"request_id": s, "container_id": s, "ifname": "eth0",
-                                                          "netns": f"/run/netns/{s}", "network": "big"})
-                            for s in refill])
+        results = gw.batch(
+            [
+                (
+                    f"{NODE_CMD}.endpoint.add",
+                    {
+                        "request_id": s,
+                        "container_id": s,
+                        "ifname": "eth0",
+                        "netns": f"/run/netns/{s}",
+                        "network": "big",
+                    },
+                )
+                for s in refill
+            ]
+        )
         assert all("reply" in r for r in results), [r for r in results if "reply" not in r][:3]
         assert _add(gw, "big", container_netns())["error"]["code"] == "exhausted"
     finally:
@@ -230,16 +292,34 @@ def test_killed_agent_leaves_nothing_after_reconcile(fabric_node, gw, container_
     import os
     import signal
 
-    gw.call(f"{CMD}.network.create", {"name": "burst", "subnet": "10.100.0.0/24", "isolation": "default-allow"})
+    gw.call(
+        f"{CMD}.network.create", {"name": "burst", "subnet": "10.100.0.0/24", "isolation": "default-allow"}
+    )
     spaces = [container_netns() for _ in range(30)]
     client = fabric_node.client()
     try:
         import threading
 
         results: list[dict] = []
-        burst = threading.Thread(target=lambda: results.extend(client.batch(
-            [(f"{NODE_CMD}.endpoint.add", {"request_id": s, "container_id": s, "ifname": "eth0",
-                                           "netns": f"/run/netns/{s}", "network": "burst"}) for s in spaces])))
+        burst = threading.Thread(
+            target=lambda: results.extend(
+                client.batch(
+                    [
+                        (
+                            f"{NODE_CMD}.endpoint.add",
+                            {
+                                "request_id": s,
+                                "container_id": s,
+                                "ifname": "eth0",
+                                "netns": f"/run/netns/{s}",
+                                "network": "burst",
+                            },
+                        )
+                        for s in spaces
+                    ]
+                )
+            )
+        )
         burst.start()
         time.sleep(0.4)
         for pid in fabric_node.service_pids("vnet"):

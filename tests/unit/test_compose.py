@@ -188,8 +188,13 @@ def test_init_prepares_the_state_once_and_nats_runs_its_config(services: dict[st
     config = Settings.model_validate({"state_dir": state_dir}).nats_dir / "nats-server.conf"
     assert _command(nats) == ["nats-server", "-c", str(config)]
     assert _depends_on(nats) == {"init": {"condition": "service_completed_successfully"}}
-    for name in _bus_clients(services):
-        assert "nats" in _depends_on(services[name]), f"{name} does not wait for nats"
+    assert _command(services["bootstrap"]) == ["qnf", "--state-dir", str(state_dir), "bootstrap"]
+    assert _depends_on(services["bootstrap"]) == {"nats": {"condition": "service_healthy"}}
+    for name in SERVICES:
+        # bootstrap waits for nats and creates the stream and buckets the services need
+        assert _depends_on(services[name]) == {
+            "bootstrap": {"condition": "service_completed_successfully"}
+        }, name
 
 
 def test_node_agents_get_the_host_network_and_net_admin(services: dict[str, dict[str, Any]]) -> None:
