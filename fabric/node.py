@@ -71,12 +71,10 @@ def find_nats_server(explicit: Path | None = None) -> Path:
 def prepare(settings: Settings, *, now: dt.datetime | None = None) -> PreparedNode:
     """Create or renew the CA, the server and identity certificates, and write the NATS config."""
     now = now or dt.datetime.now(dt.UTC)
-    lifetime = dt.timedelta(hours=settings.cert_lifetime_h)
     pki = PkiDirectory(settings.pki_dir)
     ca = pki.ensure_ca(settings.trust_domain, now=now)
     renewed = renew(settings, ca, now=now)
-    hosts = sorted({"localhost", "127.0.0.1", "::1", settings.nats_host})
-    pki.ensure_server(ca, hosts, now=now, lifetime=max(lifetime, SERVER_LIFETIME))
+    renew_server(settings, ca, now=now)
     config = natsconf.server_config(
         host=settings.nats_host,
         port=settings.nats_port,
@@ -104,6 +102,13 @@ def renew(settings: Settings, ca: CertificateAuthority, *, now: dt.datetime) -> 
         if issued:
             out.append(identity)
     return out
+
+
+def renew_server(settings: Settings, ca: CertificateAuthority, *, now: dt.datetime) -> bool:
+    """Issue the NATS server certificate when missing or due; True if nats-server must reload."""
+    hosts = sorted({"localhost", "127.0.0.1", "::1", settings.nats_host})
+    lifetime = max(dt.timedelta(hours=settings.cert_lifetime_h), SERVER_LIFETIME)
+    return PkiDirectory(settings.pki_dir).ensure_server(ca, hosts, now=now, lifetime=lifetime)
 
 
 def write_nats_contexts(settings: Settings) -> list[Path]:

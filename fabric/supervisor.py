@@ -26,7 +26,7 @@ import nats
 import nats.errors
 from nats.aio.client import Client
 
-from fabric.node import admin_identity, find_nats_server, prepare, renew
+from fabric.node import admin_identity, find_nats_server, prepare, renew, renew_server
 from libs.common.bus import tls_context
 from libs.common.config import Settings
 from libs.common.ids import SERVICES, inbox_prefix
@@ -242,6 +242,13 @@ class Supervisor:
             renewed = renew(self.settings, ca, now=now)
             if renewed:
                 log.info("renewed %s", ", ".join(i.uri for i in renewed))
+            if (
+                renew_server(self.settings, ca, now=now)
+                and self.nats is not None
+                and self.nats.proc is not None
+            ):
+                self.nats.proc.send_signal(signal.SIGHUP)  # nats-server reloads its TLS files on SIGHUP
+                log.info("renewed the nats-server certificate")
 
     async def stop(self) -> None:
         """Terminate the services, then nats-server; kill what does not exit in time."""

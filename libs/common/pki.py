@@ -343,16 +343,17 @@ class PkiDirectory:
 
     def ensure_server(
         self, ca: CertificateAuthority, hosts: list[str], *, now: dt.datetime, lifetime: dt.timedelta
-    ) -> None:
-        """Issue the NATS server certificate when missing or due for renewal."""
+    ) -> bool:
+        """Issue the NATS server certificate when missing or due for renewal; True if (re)issued."""
         if self.server_cert_path.exists() and self.server_key_path.exists():
             cert = x509.load_pem_x509_certificate(self.server_cert_path.read_bytes())
             start = cert.not_valid_before_utc
             if now < start + (cert.not_valid_after_utc - start) * RENEW_AT:
-                return
+                return False
         key, cert = ca.issue_server(hosts, now=now, lifetime=lifetime)
         _write_private(self.server_key_path, _key_pem(key))
         _write_public(self.server_cert_path, _cert_pem(cert))
+        return True
 
 
 def _issued_by(material: IdentityMaterial, ca: CertificateAuthority) -> bool:
