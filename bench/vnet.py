@@ -19,18 +19,13 @@ import time
 import uuid
 from pathlib import Path
 
-from prometheus_client import CollectorRegistry
 from pydantic import BaseModel, ConfigDict
 from pyroute2 import netns
 
-from libs.common.authz import may_publish
-from libs.common.bus import Bus, tls_context, trust_anchors
+from libs.common.bus import Bus
 from libs.common.config import load_settings
-from libs.common.envelope import Signer, Verifier
 from libs.common.ids import SpiffeId
 from libs.common.messages import EndpointAdd, EndpointRemove, NetworkDelete, NetworkSpec
-from libs.common.metrics import BusMetrics
-from libs.common.pki import PkiDirectory
 
 NODE_CMD = "qnf.v1.node.n1.vnet"
 
@@ -46,22 +41,7 @@ def _pct(values: list[float], q: float) -> float:
 
 async def inner(state: str, n: int) -> None:
     settings = load_settings(state_dir=Path(state))
-    pki = PkiDirectory(settings.pki_dir)
-    gateway = SpiffeId.service(settings.trust_domain, "gateway")
-    bus = await Bus.connect(
-        url=settings.url,
-        tls=tls_context(pki, gateway),
-        service="bench",
-        node=settings.node,
-        signer=Signer(pki.load_identity(gateway), settings.signature_suite, clock=time.time),
-        verifier=Verifier(
-            trust_anchors(pki, settings.trust_domain),
-            settings.signature_suite,
-            authorize=may_publish,
-            clock=time.time,
-        ),
-        metrics=BusMetrics(CollectorRegistry()),
-    )
+    bus = await Bus.connect_as(settings, SpiffeId.service(settings.trust_domain, "gateway"), service="bench")
     await bus.request(
         "qnf.v1.cmd.vnet.network.create", NetworkSpec(name="bench", subnet="10.200.0.0/16"), _Reply
     )

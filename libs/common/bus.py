@@ -32,8 +32,11 @@ from nats.aio.msg import Msg
 from nats.micro import add_service
 from nats.micro.request import ERROR_CODE_HEADER, ERROR_HEADER, Request
 from nats.micro.service import Service, ServiceConfig
+from prometheus_client import CollectorRegistry
 from pydantic import BaseModel, ValidationError
 
+from libs.common.authz import may_publish
+from libs.common.config import Settings
 from libs.common.envelope import Rejected, Signer, TrustAnchors, Verifier
 from libs.common.errors import QnfError, Unavailable, from_code
 from libs.common.ids import SpiffeId, event_subject, inbox_prefix
@@ -201,6 +204,30 @@ class Bus:
         except (TimeoutError, OSError, nats.errors.Error, ssl.SSLError) as exc:
             raise Unavailable(f"cannot connect to the bus at {url}: {exc}") from exc
         return cls(nc, service, node, signer, verifier, metrics, request_timeout)
+
+    @classmethod
+    async def connect_as(
+        cls, settings: Settings, identity: SpiffeId, *, service: str, reconnect: bool = True
+    ) -> Bus:
+        """Connect as `identity` with its files under the settings' state directory (tools, tests)."""
+        pki = PkiDirectory(settings.pki_dir)
+        return await cls.connect(
+            url=settings.url,
+            tls=tls_context(pki, identity),
+            service=service,
+            node=settings.node,
+            signer=Signer(pki.load_identity(identity), settings.signature_suite, clock=time.time),
+            verifier=Verifier(
+                trust_anchors(pki, settings.trust_domain),
+                settings.signature_suite,
+                authorize=may_publish,
+                clock=time.time,
+                max_skew_ms=int(settings.max_clock_skew_s * 1000),
+            ),
+            metrics=BusMetrics(CollectorRegistry()),
+            request_timeout=settings.request_timeout_s,
+            reconnect=reconnect,
+        )
 
     async def close(self) -> None:
         """Drain (deliver what is in flight) when connected; otherwise just close."""

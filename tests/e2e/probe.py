@@ -9,38 +9,21 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
-import time
 from pathlib import Path
 
 import nats
 import nats.errors
-from prometheus_client import CollectorRegistry
 
-from libs.common.authz import may_publish
-from libs.common.bus import Bus, tls_context, trust_anchors
+from libs.common.bus import Bus
 from libs.common.config import load_settings
-from libs.common.envelope import Signer, Verifier
 from libs.common.ids import SERVICES, SpiffeId
 from libs.common.messages import Echo
-from libs.common.metrics import BusMetrics
-from libs.common.pki import PkiDirectory
 
 
 async def main(state_dir: str, verb: str) -> dict[str, object]:
     settings = load_settings(state_dir=Path(state_dir))
-    pki = PkiDirectory(settings.pki_dir)
     admin = SpiffeId.user(settings.trust_domain, "admin")
-    anchors = trust_anchors(pki, settings.trust_domain)
-    bus = await Bus.connect(
-        url=settings.url,
-        tls=tls_context(pki, admin),
-        service="probe",
-        node=settings.node,
-        signer=Signer(pki.load_identity(admin), settings.signature_suite, clock=time.time),
-        verifier=Verifier(anchors, settings.signature_suite, authorize=may_publish, clock=time.time),
-        metrics=BusMetrics(CollectorRegistry()),
-        reconnect=False,
-    )
+    bus = await Bus.connect_as(settings, admin, service="probe", reconnect=False)
     out: dict[str, object] = {}
     try:
         for service in SERVICES:

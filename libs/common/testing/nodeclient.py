@@ -16,21 +16,15 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
-from prometheus_client import CollectorRegistry
 from pydantic import BaseModel, ConfigDict
 
-from libs.common.authz import may_publish
-from libs.common.bus import Bus, tls_context, trust_anchors
+from libs.common.bus import Bus
 from libs.common.config import load_settings
-from libs.common.envelope import Signer, Verifier
 from libs.common.errors import QnfError
 from libs.common.ids import SpiffeId
-from libs.common.metrics import BusMetrics
-from libs.common.pki import PkiDirectory
 
 
 class _Json(BaseModel):
@@ -51,22 +45,7 @@ async def _one(bus: Bus, item: dict[str, Any]) -> dict[str, Any]:
 
 async def main(state_dir: str, uri: str) -> None:
     settings = load_settings(state_dir=Path(state_dir))
-    pki = PkiDirectory(settings.pki_dir)
-    identity = SpiffeId.parse(uri)
-    bus = await Bus.connect(
-        url=settings.url,
-        tls=tls_context(pki, identity),
-        service="test",
-        node=settings.node,
-        signer=Signer(pki.load_identity(identity), settings.signature_suite, clock=time.time),
-        verifier=Verifier(
-            trust_anchors(pki, settings.trust_domain),
-            settings.signature_suite,
-            authorize=may_publish,
-            clock=time.time,
-        ),
-        metrics=BusMetrics(CollectorRegistry()),
-    )
+    bus = await Bus.connect_as(settings, SpiffeId.parse(uri), service="test")
     loop = asyncio.get_running_loop()
     print(json.dumps({"ready": True}), flush=True)
     try:
