@@ -73,6 +73,13 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("up", help="start the whole fabric on this node")
     sub.add_parser("init", help="create the CA, identities and nats-server config, then exit")
     sub.add_parser("bootstrap", help="create the event stream and KV buckets on a running bus, then exit")
+    cni = sub.add_parser("cni-install", help="install the CNI plugin and (optionally) a conflist")
+    cni.add_argument("--bin-dir", type=Path, default=Path("/opt/cni/bin"))
+    cni.add_argument("--conf-dir", type=Path, default=Path("/etc/cni/net.d"))
+    cni.add_argument("--network", help="write a conflist for this qnf network")
+    cni.add_argument(
+        "--chain", default="", help="reference plugins to chain after qnf: portmap,tuning,bandwidth"
+    )
     args = parser.parse_args(argv)
     try:
         settings = _settings(args)
@@ -85,6 +92,15 @@ def main(argv: list[str] | None = None) -> int:
 
         prepared = prepare(settings)
         print(f"qnf: prepared {settings.state_dir}; nats-server config {prepared.nats_config}")
+        return 0
+    if args.command == "cni-install":
+        from cni.install import conflist, install_plugin, write_conflist
+
+        print(f"qnf: installed {install_plugin(args.bin_dir)}")
+        if args.network:
+            chain = [c for c in args.chain.split(",") if c]
+            doc = conflist(args.network, state_dir=settings.state_dir, chain=chain)
+            print(f"qnf: wrote {write_conflist(args.conf_dir, doc)}")
         return 0
     if args.command == "bootstrap":
         return asyncio.run(_bootstrap(settings))

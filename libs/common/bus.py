@@ -14,13 +14,14 @@ the whole service, the safe choice for a service that has not thought about it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import json
 import logging
 import ssl
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Generic, Literal, TypeVar
 
@@ -99,33 +100,47 @@ class Endpoint(Generic[Req, Rep]):
         return f"qnf.v1.cmd.{service}.{self.verb}"
 
 
+class KeyedLocks:
+    """One asyncio.Lock per key, created on demand and dropped when nobody holds or waits."""
+
+    def __init__(self) -> None:
+        self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
+
+    @contextlib.asynccontextmanager
+    async def hold(self, key: str) -> AsyncIterator[None]:
+        lock, users = self._locks.get(key, (asyncio.Lock(), 0))
+        self._locks[key] = (lock, users + 1)
+        try:
+            async with lock:
+                yield
+        finally:
+            lock, users = self._locks[key]
+            if users == 1:
+                del self._locks[key]
+            else:
+                self._locks[key] = (lock, users - 1)
+
+
 class KeyedSerializer:
     """Runs jobs one at a time per key, in arrival order, with at most `max_inflight` overall."""
 
     def __init__(self, max_inflight: int = 64) -> None:
         self._slots = asyncio.Semaphore(max_inflight)
-        self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
+        self._locks = KeyedLocks()
         self._tasks: set[asyncio.Task[None]] = set()
 
     async def submit(self, key: str, job: Callable[[], Awaitable[None]]) -> None:
         """Queue `job` behind earlier jobs of the same key; waits only while all slots are busy."""
         await self._slots.acquire()
-        lock, users = self._locks.get(key, (asyncio.Lock(), 0))
-        self._locks[key] = (lock, users + 1)
-        task = asyncio.create_task(self._run(key, lock, job))
+        task = asyncio.create_task(self._run(key, job))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _run(self, key: str, lock: asyncio.Lock, job: Callable[[], Awaitable[None]]) -> None:
+    async def _run(self, key: str, job: Callable[[], Awaitable[None]]) -> None:
         try:
-            async with lock:
+            async with self._locks.hold(key):
                 await job()
         finally:
-            current, users = self._locks[key]
-            if users == 1:
-                del self._locks[key]
-            else:
-                self._locks[key] = (current, users - 1)
             self._slots.release()
 
     async def join(self) -> None:
@@ -344,7 +359,7 @@ async def respond_error(bus: Bus, request: Request, error: ErrorReply) -> None:
     )
 
 
-def _validation_summary(exc: ValidationError) -> str:
+def validation_summary(exc: ValidationError) -> str:
     # Field paths and messages help the caller; input values are left out on purpose.
     parts = [f"{'.'.join(str(p) for p in e['loc']) or 'body'}: {e['msg']}" for e in exc.errors()[:10]]
     return "invalid request: " + "; ".join(parts)
@@ -368,7 +383,7 @@ def _make_handler(bus: Bus, ep: Endpoint[Any, Any], serializer: KeyedSerializer)
             req = ep.request.model_validate_json(msg.data)
         except ValidationError as exc:
             bus.metrics.rejected.labels(bus.service, "invalid").inc()
-            await respond_error(bus, request, ErrorReply(code="invalid", message=_validation_summary(exc)))
+            await respond_error(bus, request, ErrorReply(code="invalid", message=validation_summary(exc)))
             return
 
         async def job() -> None:

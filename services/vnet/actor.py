@@ -23,10 +23,11 @@ from contextlib import AsyncExitStack
 from typing import Any
 
 from prometheus_client import Counter, Gauge, Histogram
+from pydantic import ValidationError
 
 from libs.common.bus import Endpoint as BusEndpoint
-from libs.common.bus import live_instances
-from libs.common.errors import Conflict, Exhausted, InvalidRequest, NotFound, QnfError
+from libs.common.bus import KeyedLocks, live_instances, validation_summary
+from libs.common.errors import Conflict, Exhausted, InvalidRequest, NotFound, QnfError, Unavailable
 from libs.common.messages import (
     Empty,
     Endpoint,
@@ -47,6 +48,7 @@ from libs.common.messages import (
 )
 from libs.common.metrics import LATENCY_BUCKETS
 from libs.common.service import Context
+from services.vnet.adapters.cnisocket import CniSocket
 from services.vnet.adapters.netlink import Dataplane
 from services.vnet.adapters.store import AddressBook, Stores
 from services.vnet.core import ipam
@@ -106,7 +108,9 @@ class VnetMetrics:
 class VnetActor:
     """Owns this node's view of networks, endpoints and leases."""
 
-    def __init__(self, ctx: Context, stores: Stores, dataplane: Dataplane) -> None:
+    def __init__(
+        self, ctx: Context, stores: Stores, dataplane: Dataplane, *, cni_socket: bool = True
+    ) -> None:
         self._bus = ctx.bus
         self._node = ctx.settings.node
         self._td = ctx.settings.trust_domain
@@ -116,6 +120,11 @@ class VnetActor:
         self._metrics = VnetMetrics(ctx)
         self._reconciler: asyncio.Task[None] | None = None
         self._instance = ctx.instance
+        self._dns_domain = ctx.settings.dns_domain
+        self._locks = KeyedLocks()
+        run_dir = ctx.settings.state_dir / "run"
+        self._pending_dir = run_dir / "cni-pending"
+        self._cni = CniSocket(run_dir / "cni.sock", self.handle_cni) if cni_socket else None
 
     def endpoints(self) -> list[BusEndpoint[Any, Any]]:
         def network_key(_: Message) -> str:
@@ -158,8 +167,12 @@ class VnetActor:
         await self._book.load()
         await self.reconcile_once()
         self._reconciler = asyncio.create_task(self._reconcile_loop())
+        if self._cni is not None:
+            await self._cni.start()
 
     async def stop(self) -> None:
+        if self._cni is not None:
+            await self._cni.stop()
         if self._reconciler is not None:
             self._reconciler.cancel()
         await self._dp.close()
@@ -236,6 +249,10 @@ class VnetActor:
     # ------------------------------------------------------------------ endpoints
 
     async def add_endpoint(self, req: EndpointAdd) -> Endpoint:
+        async with self._locks.hold(endpoint_id(req.container_id, req.ifname)):
+            return await self._add_endpoint(req)
+
+    async def _add_endpoint(self, req: EndpointAdd) -> Endpoint:
         started = time.perf_counter()
         eid = endpoint_id(req.container_id, req.ifname)
         existing = await self._stores.endpoints.get(eid)
@@ -336,6 +353,10 @@ class VnetActor:
         raise Exhausted(f"no free address left in {subnet} of network {network}")
 
     async def remove_endpoint(self, req: EndpointRemove) -> Removed:
+        async with self._locks.hold(endpoint_id(req.container_id, req.ifname)):
+            return await self._remove_endpoint(req)
+
+    async def _remove_endpoint(self, req: EndpointRemove) -> Removed:
         started = time.perf_counter()
         eid = endpoint_id(req.container_id, req.ifname)
         record = await self._stores.endpoints.get(eid)
@@ -377,6 +398,80 @@ class VnetActor:
             ]
         )
 
+    async def check_endpoint(self, ref: EndpointRef) -> Endpoint:
+        """CNI CHECK: the record exists and the kernel still matches it."""
+        endpoint = await self.get_endpoint(ref)
+        plan = veth_plan(await self._network(endpoint.network), endpoint)
+        if not await self._dp.veth_healthy(plan):
+            raise InvalidRequest(f"host interface {endpoint.host_ifname} is missing or detached")
+        if not await self._dp.container_healthy(plan):
+            raise InvalidRequest(
+                f"{endpoint.ifname} in {endpoint.netns} does not match the recorded endpoint"
+            )
+        return endpoint
+
+    async def collect_garbage(self, network: str, valid: set[tuple[str, str]]) -> list[str]:
+        """CNI GC: detach this node's endpoints of `network` that the runtime no longer knows."""
+        removed = []
+        for record in await self._stores.endpoints.items():
+            e = record.value
+            if e.node == self._node and e.network == network and (e.container_id, e.ifname) not in valid:
+                await self.remove_endpoint(EndpointRemove(container_id=e.container_id, ifname=e.ifname))
+                removed.append(e.endpoint_id)
+        return removed
+
+    # ------------------------------------------------------------------ the CNI socket
+
+    async def handle_cni(self, verb: str, body: dict[str, Any]) -> dict[str, Any]:
+        """One request from the CNI shim: the same handlers as the bus, the same error codes."""
+        try:
+            if verb == "add":
+                endpoint = await self.add_endpoint(EndpointAdd.model_validate(body))
+                return {"ok": await self._cni_view(endpoint)}
+            if verb == "del":
+                removed = await self.remove_endpoint(EndpointRemove.model_validate(body))
+                return {"ok": removed.model_dump()}
+            if verb == "check":
+                endpoint = await self.check_endpoint(EndpointRef.model_validate(body))
+                return {"ok": await self._cni_view(endpoint)}
+            if verb == "gc":
+                valid = {(str(a["container_id"]), str(a["ifname"])) for a in body.get("valid", [])}
+                return {"ok": {"removed": await self.collect_garbage(str(body.get("network", "")), valid)}}
+            if verb == "status":
+                if not self._bus.nc.is_connected:
+                    raise Unavailable("the agent is not connected to the bus")
+                await self._network(str(body.get("network", "")))
+                return {"ok": {"ready": True}}
+            raise InvalidRequest(f"unknown verb {verb!r}")
+        except ValidationError as exc:
+            return {"error": {"code": "invalid", "message": validation_summary(exc)}}
+        except QnfError as exc:
+            return {"error": {"code": exc.code, "message": exc.message}}
+        except Exception:
+            log.exception("CNI %s failed", verb)
+            return {"error": {"code": "internal", "message": "internal error"}}
+
+    async def _cni_view(self, endpoint: Endpoint) -> dict[str, Any]:
+        network = await self._network(endpoint.network)
+        view: dict[str, Any] = endpoint.model_dump(mode="json")
+        view.update(bridge=network.bridge, dns_domain=self._dns_domain)
+        return view
+
+    async def _drain_pending_deletes(self) -> int:
+        """Finish DELs the shim recorded while this agent was unreachable."""
+        done = 0
+        for path in sorted(self._pending_dir.glob("*.json")) if self._pending_dir.is_dir() else []:
+            try:
+                request = EndpointRemove.model_validate_json(path.read_bytes())
+            except (OSError, ValidationError) as exc:
+                log.warning("dropping unreadable pending delete %s: %s", path.name, exc)
+                path.unlink(missing_ok=True)
+                continue
+            await self.remove_endpoint(request)
+            path.unlink(missing_ok=True)
+            done += 1
+        return done
+
     # ------------------------------------------------------------------ reconcile
 
     async def _reconcile_loop(self) -> None:
@@ -392,6 +487,8 @@ class VnetActor:
     async def reconcile_once(self) -> list[tuple[str, str]]:
         """Make the kernel and the leases match KV; return the fixes made as (kind, name)."""
         fixes: list[tuple[str, str]] = []
+        if drained := await self._drain_pending_deletes():
+            fixes.append(("pending_delete", str(drained)))
         networks = {r.key: r.value for r in await self._stores.networks.items()}
         mine = [r for r in await self._stores.endpoints.items() if r.value.node == self._node]
         links = await self._dp.owned_links()

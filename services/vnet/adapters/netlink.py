@@ -52,6 +52,7 @@ class Dataplane(Protocol):
     async def remove_bridge(self, name: str) -> bool: ...
     async def owned_links(self) -> OwnedLinks: ...
     async def veth_healthy(self, plan: VethPlan) -> bool: ...
+    async def container_healthy(self, plan: VethPlan) -> bool: ...
     async def close(self) -> None: ...
 
 
@@ -212,6 +213,19 @@ class PyrouteDataplane:
         link = self._ipr.get_links(host[0])[0]
         return bool(link.get("master") == bridge[0] and link.get("operstate") != "DOWN")
 
+    def container_healthy(self, plan: VethPlan) -> bool:
+        """The container end exists in its netns, is up, and has the planned MAC and addresses."""
+        if not os.path.exists(plan.netns):
+            return False
+        with NetNS(plan.netns) as ns:
+            index = self._index(ns, plan.ifname)
+            if index is None:
+                return False
+            link = ns.get_links(index)[0]
+            have = {(a.get("address"), a.get("prefixlen")) for a in ns.get_addr(index=index)}
+        want = {(str(a.ip), a.network.prefixlen) for a in plan.addresses}
+        return bool(link.get("address") == plan.mac and link.get("state") == "up" and want <= have)
+
 
 class KernelDataplane:
     """`PyrouteDataplane` behind one worker thread, awaitable from the actor."""
@@ -246,6 +260,9 @@ class KernelDataplane:
 
     async def veth_healthy(self, plan: VethPlan) -> bool:
         return await self._run(lambda: self._ensure_open().veth_healthy(plan))
+
+    async def container_healthy(self, plan: VethPlan) -> bool:
+        return await self._run(lambda: self._ensure_open().container_healthy(plan))
 
     async def close(self) -> None:
         if self._dp is not None:

@@ -1,0 +1,1 @@
+"""The qnf CNI plugin: a stateless shim between a container runtime and the node's vnet agent."""
