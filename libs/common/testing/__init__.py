@@ -428,3 +428,102 @@ def container_netns() -> Iterator[Callable[[], str]]:
             netns.remove(name)
         except OSError:
             pass
+
+
+def busybox_rootfs_tar(dest: Path) -> Path:
+    """A tar of a minimal rootfs: Debian's static busybox and its applet links (no registry here)."""
+    import shutil
+    import tarfile
+
+    busybox = shutil.which("busybox") or "/bin/busybox"
+    root = dest.parent / "busybox-rootfs"
+    (root / "bin").mkdir(parents=True, exist_ok=True)
+    (root / "etc").mkdir(exist_ok=True)
+    (root / "tmp").mkdir(exist_ok=True)
+    shutil.copy2(busybox, root / "bin" / "busybox")
+    applets = subprocess.run([busybox, "--list"], capture_output=True, text=True, check=True).stdout.split()
+    for applet in applets:
+        link = root / "bin" / applet
+        if applet != "busybox" and not link.exists():
+            link.symlink_to("busybox")
+    (root / "etc" / "passwd").write_text("root:x:0:0:root:/root:/bin/sh\n")
+    with tarfile.open(dest, "w") as tar:
+        tar.add(root, arcname=".")
+    return dest
+
+
+PODMAN_CONF = """[containers]
+default_ulimits = ["nofile=20000:20000", "nproc=32768:32768"]
+[engine]
+cgroup_manager = "cgroupfs"
+runtime = "runc"
+events_logger = "file"
+[network]
+network_backend = "cni"
+cni_plugin_dirs = ["{plugins}", "/usr/lib/cni"]
+"""
+
+
+@dataclass
+class Podman:
+    """podman with all its state under one test directory, run inside a node namespace."""
+
+    ns: str
+    root: Path
+
+    def __call__(
+        self, *args: str, check: bool = True, timeout: float = 120
+    ) -> subprocess.CompletedProcess[str]:
+        import os
+
+        cmd = [
+            "nsenter",
+            f"--net=/run/netns/{self.ns}",
+            "podman",
+            "--root",
+            str(self.root / "storage"),
+            "--runroot",
+            str(self.root / "run"),
+            "--network-config-dir",
+            str(self.root / "net"),
+            *args,
+        ]
+        proc = subprocess.run(
+            cmd,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env={**os.environ, "CONTAINERS_CONF": str(self.root / "containers.conf")},
+        )
+        if check and proc.returncode != 0:
+            raise AssertionError(f"podman {' '.join(args)} failed: {proc.stderr}")
+        return proc
+
+
+@pytest.fixture
+def podman(fabric_node: FabricNode, tmp_path: Path) -> Iterator[Podman]:
+    """podman 4 (CNI backend, runc, cgroupfs) in the fabric's node namespace, with the qnf plugin
+    installed in a private plugin dir and a busybox image `qnf-busybox:test`. Function scope;
+    depends on fabric_node. Teardown removes every container and the image, and unmounts storage.
+    """
+    import shutil
+    import tempfile
+
+    from cni.install import install_plugin
+
+    # podman refuses a runroot path longer than 50 characters; pytest's tmp_path is longer.
+    root = Path(tempfile.mkdtemp(prefix="qpm-", dir="/tmp"))
+    (root / "net").mkdir(parents=True)
+    plugins = install_plugin(root / "cni-bin").parent
+    (root / "containers.conf").write_text(PODMAN_CONF.format(plugins=plugins))
+    pm = Podman(fabric_node.ns, root)
+    tar = busybox_rootfs_tar(tmp_path / "busybox.tar")
+    pm("import", "--change", "ENV PATH=/bin", str(tar), "qnf-busybox:test")
+    try:
+        yield pm
+    finally:
+        pm("rm", "-af", "-t", "0", check=False)
+        pm("rmi", "-af", check=False)
+        for mount in ("storage/overlay", "run"):
+            subprocess.run(["umount", "-R", str(root / mount)], capture_output=True)
+        shutil.rmtree(root, ignore_errors=True)

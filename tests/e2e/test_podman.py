@@ -1,0 +1,81 @@
+"""A real runtime: podman 4 with its CNI backend starts containers on a qnf network.
+
+Scope: podman execs our plugin (in the test node namespace, where the fabric runs); each
+container gets an address of the network, the default route and the fabric's resolver; one
+reaches the other over TCP (a default-allow network: the firewall issue brings policies); `podman
+rm` leaves no veth, no lease and no endpoint record behind.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+from pyroute2 import NetNS
+
+from cni.install import conflist, write_conflist
+from libs.common.ids import SpiffeId
+from libs.common.testing import FabricNode, Podman
+
+
+def test_two_containers_talk_and_leave_nothing(fabric_node: FabricNode, podman: Podman) -> None:
+    gw = fabric_node.client()
+    try:
+        gw.call(
+            "qnf.v1.cmd.vnet.network.create",
+            {"name": "blue", "subnet": "10.66.0.0/24", "isolation": "default-allow"},
+        )
+    finally:
+        gw.close()
+    write_conflist(podman.root / "net", conflist("blue", state_dir=fabric_node.state, chain=[]))
+
+    podman(
+        "run",
+        "-d",
+        "--name",
+        "web",
+        "--network",
+        "blue",
+        "qnf-busybox:test",
+        "httpd",
+        "-f",
+        "-p",
+        "8080",
+        "-h",
+        "/etc",
+    )
+    podman("run", "-d", "--name", "client", "--network", "blue", "qnf-busybox:test", "sleep", "600")
+    web = json.loads(podman("inspect", "web").stdout)[0]["NetworkSettings"]["Networks"]["blue"]
+    assert web["IPAddress"].startswith("10.66.0.") and web["Gateway"] == "10.66.0.1"
+    routes = podman("exec", "client", "ip", "route").stdout
+    assert "default via 10.66.0.1 dev eth0" in routes
+    resolv = podman("exec", "client", "cat", "/etc/resolv.conf").stdout
+    assert "nameserver 10.66.0.1" in resolv and "search blue.qnf.local" in resolv
+    deadline = time.monotonic() + 15
+    while True:  # httpd was started detached: wait until it listens (busybox wget -T crashes: use timeout)
+        page = podman(
+            "exec",
+            "client",
+            "timeout",
+            "3",
+            "wget",
+            "-q",
+            "-O",
+            "-",
+            f"http://{web['IPAddress']}:8080/passwd",
+            check=False,
+        )
+        if page.returncode == 0 or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert page.stdout.startswith("root:x:0:0"), page.stderr
+
+    podman("rm", "-f", "-t", "0", "web", "client")
+    admin = fabric_node.client(SpiffeId.user("qnf.local", "admin"))
+    try:
+        assert admin.kv_keys("qnf-ipam") == [] and admin.kv_keys("qnf-endpoints") == []
+    finally:
+        admin.close()
+    with NetNS(f"/run/netns/{fabric_node.ns}") as node:
+        names = [link.get("ifname") for link in node.get_links()]
+    assert [n for n in names if n.startswith("q") and not n.startswith("qnf-")] == []
