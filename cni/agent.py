@@ -15,7 +15,10 @@ from __future__ import annotations
 
 import _socket
 import json
-from typing import Any
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 SOCKET_NAME = "run/cni.sock"
 PENDING_DIR = "run/cni-pending"
