@@ -133,6 +133,13 @@ class PortMapping(Message):
     host_ip: IPv4Address | IPv6Address | None = None
 
 
+class NamedPort(Message):
+    """A port a workload names (Kubernetes containerPort name), for policies that use the name."""
+
+    port: int = Field(ge=1, le=65535)
+    protocol: Literal["TCP", "UDP", "SCTP"] = "TCP"
+
+
 class EndpointAdd(Message):
     """Attach a container's network namespace to a network on this node."""
 
@@ -146,6 +153,9 @@ class EndpointAdd(Message):
     mac: Annotated[str, StringConstraints(pattern=_MAC)] | None = None
     ips: list[IPv4Address | IPv6Address] = Field(default_factory=list, max_length=2)
     port_mappings: list[PortMapping] = Field(default_factory=list, max_length=1024)
+    named_ports: dict[Annotated[str, StringConstraints(pattern=r"^[a-z0-9]([a-z0-9-]{0,13}[a-z0-9])?$")], NamedPort] = (
+        Field(default_factory=dict)
+    )
 
 
 class EndpointRemove(Message):
@@ -180,6 +190,7 @@ class Endpoint(Message):
     addresses: list[IPv4Interface | IPv6Interface]
     gateways: list[IPv4Address | IPv6Address]
     port_mappings: list[PortMapping] = Field(default_factory=list)
+    named_ports: dict[str, NamedPort] = Field(default_factory=dict)
     created_ms: int
 
 
@@ -207,3 +218,120 @@ class Removed(Message):
     """Reply of idempotent deletes: whether something was there."""
 
     existed: bool
+
+
+# ---------------------------------------------------------------- firewall: policies
+
+Protocol = Literal["TCP", "UDP", "SCTP", "ICMP"]
+_PORT_NAME = r"^[a-z0-9]([a-z0-9-]{0,13}[a-z0-9])?$"  # IANA_SVC_NAME, as Kubernetes
+
+
+class SelectorRequirement(Message):
+    """One matchExpressions entry."""
+
+    key: Annotated[str, StringConstraints(pattern=_LABEL_KEY)]
+    operator: Literal["In", "NotIn", "Exists", "DoesNotExist"]
+    values: list[Annotated[str, StringConstraints(max_length=63)]] = Field(default_factory=list)
+
+
+class LabelSelector(Message):
+    """Kubernetes label selector; the empty selector selects everything."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    match_labels: Labels = Field(default_factory=dict, alias="matchLabels")
+    match_expressions: list[SelectorRequirement] = Field(default_factory=list, alias="matchExpressions")
+
+
+class IPBlock(Message):
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    cidr: IPv4Network | IPv6Network
+    except_: list[IPv4Network | IPv6Network] = Field(default_factory=list, alias="except")
+
+
+class Peer(Message):
+    """A peer: endpoint and/or network selector (both: AND), an IP block, or SPIFFE identity pattern."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    endpoint_selector: LabelSelector | None = Field(None, alias="endpointSelector")
+    network_selector: LabelSelector | None = Field(None, alias="networkSelector")
+    ip_block: IPBlock | None = Field(None, alias="ipBlock")
+    identity: Annotated[str, StringConstraints(pattern=r"^spiffe://", max_length=512)] | None = None
+
+
+class PolicyPort(Message):
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    protocol: Protocol = "TCP"
+    port: int | Annotated[str, StringConstraints(pattern=_PORT_NAME)] | None = None
+    end_port: int | None = Field(None, alias="endPort")
+
+
+class PolicyRule(Message):
+    """An ingress (`peers` are sources) or egress (`peers` are destinations) rule."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    peers: list[Peer] = Field(default_factory=list, description="empty: every peer")
+    ports: list[PolicyPort] = Field(default_factory=list, description="empty: every protocol and port")
+    action: Literal["Allow", "Deny", "Pass"] = Field("Allow", description="admin tier only")
+
+
+class PolicySpec(Message):
+    """A policy: selects endpoints of its network and allows (admin tier: also denies) traffic."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    name: NetworkName
+    network: NetworkName | None = Field(None, description="normal tier: the network whose endpoints it selects")
+    endpoint_selector: LabelSelector = Field(default_factory=LabelSelector, alias="endpointSelector")
+    network_selector: LabelSelector | None = Field(None, alias="networkSelector",
+                                                   description="admin tier: networks whose endpoints it selects")
+    policy_types: list[Literal["Ingress", "Egress"]] | None = Field(None, alias="policyTypes")
+    ingress: list[PolicyRule] = Field(default_factory=list)
+    egress: list[PolicyRule] = Field(default_factory=list)
+    tier: Literal["normal", "admin"] = "normal"
+    priority: int = Field(1000, ge=0, le=1000, description="admin tier: lower runs first")
+    keep_established: bool = Field(False, alias="keepEstablished")
+
+
+class Policy(PolicySpec):
+    """A stored policy."""
+
+    revision: int = 0
+    created_ms: int = 0
+
+
+class PolicyRef(Message):
+    name: NetworkName
+
+
+class PolicyList(Message):
+    policies: list[Policy]
+
+
+class PolicyYaml(Message):
+    """A Kubernetes NetworkPolicy (networking.k8s.io/v1) document, as YAML or JSON text."""
+
+    document: str = Field(max_length=1 << 20)
+
+
+class FlowQuery(Message):
+    """`policy.explain`: what happens to this packet?"""
+
+    source: IPv4Address | IPv6Address
+    destination: IPv4Address | IPv6Address
+    protocol: Protocol = "TCP"
+    port: int | None = Field(None, ge=1, le=65535)
+
+
+class Verdict(Message):
+    """The verdict on a flow and what decided it."""
+
+    allowed: bool
+    reason: str
+    policy: str | None = None
+    rule: str | None = None
+    direction: Literal["ingress", "egress"] | None = None

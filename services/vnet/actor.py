@@ -302,6 +302,7 @@ class VnetActor:
                 addresses=addresses,
                 gateways=gateways,
                 port_mappings=req.port_mappings,
+                named_ports=req.named_ports,
                 created_ms=_now_ms(),
             )
             phase = time.perf_counter()

@@ -1,0 +1,1 @@
+"""firewall's I/O shell: libnftables and the KV stores."""

@@ -1,0 +1,1 @@
+"""firewall's pure core: selectors, policy validation, the grant model, explain, the compiler."""

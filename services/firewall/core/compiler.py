@@ -1,0 +1,312 @@
+"""The policy compiler: a Model becomes libnftables JSON for the fabric's own two tables.
+
+    table inet qnf        stateful policy (conntrack): forward, input (to gateways), output
+    table bridge qnf      stateless anti-spoofing on the fabric's veths (no conntrack there)
+
+Per-packet cost is independent of the number of endpoints and policies: every decision is a
+lookup in a concatenated interval set keyed by (local address . peer address . protocol
+[. port]); normal-tier grants of every endpoint share four sets per family. Only admin-tier
+rules, which are few and ordered, are rules of their own (one rule and one set each).
+
+The output is split into a *structure* (tables, chains, rules, set declarations) and the
+*elements* of each set, so that an endpoint or label change is applied as element deltas in one
+transaction and only a structural change (admin tier) reloads the tables. Output is canonically
+ordered: the same inputs give byte-identical JSON.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass
+from ipaddress import IPv4Address
+from typing import Any, Final
+
+from libs.common.messages import Endpoint
+from services.firewall.core.model import ALL_PORTS, Address, Grant, Model, Net
+
+TABLE: Final = "qnf"
+FAMILY: Final = "inet"
+BRIDGE_FAMILY: Final = "bridge"
+PORT_PROTOS: Final = (6, 17, 132)  # protocols with ports: TCP, UDP, SCTP
+
+Json = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Compiled:
+    """Structure and set elements; `elements` maps (family, set name) to canonical element JSON."""
+
+    structure: list[Json]
+    elements: dict[tuple[str, str], list[Json]]
+
+    def full(self) -> list[Json]:
+        """One transaction that replaces both tables (create-then-delete makes delete never fail)."""
+        cmds: list[Json] = []
+        for family in (FAMILY, BRIDGE_FAMILY):
+            table = {"family": family, "name": TABLE}
+            cmds += [{"add": {"table": table}}, {"delete": {"table": table}}]
+        cmds += self.structure
+        for (family, name), elems in sorted(self.elements.items()):
+            if elems:
+                cmds.append({"add": {"element": {"family": family, "table": TABLE, "name": name, "elem": elems}}})
+        return cmds
+
+    def structure_digest(self) -> str:
+        return hashlib.sha256(json.dumps(self.structure, sort_keys=True).encode()).hexdigest()
+
+
+def comment(owner: str) -> str:
+    """Ownership tag of a rule: `qnf:<hash of owner>` then the owner itself, for attribution."""
+    return f"qnf:{hashlib.sha256(owner.encode()).hexdigest()[:8]} {owner}"[:128]
+
+
+def _addr(a: Address | Net) -> Any:
+    if isinstance(a, IPv4Address) or not hasattr(a, "prefixlen"):
+        return str(a)
+    net: Net = a  # type: ignore[assignment]
+    if net.prefixlen == net.max_prefixlen:
+        return str(net.network_address)
+    return {"prefix": {"addr": str(net.network_address), "len": net.prefixlen}}
+
+
+def _range(lo: int, hi: int) -> Any:
+    return lo if lo == hi else {"range": [lo, hi]}
+
+
+def _v(version: int) -> str:
+    return "4" if version == 4 else "6"
+
+
+def _sets(family: str, specs: Iterable[tuple[str, list[str], bool]]) -> list[Json]:
+    out = []
+    for name, types, interval in specs:
+        body: Json = {"family": family, "table": TABLE, "name": name, "type": types if len(types) > 1 else types[0]}
+        if interval:
+            body["flags"] = ["interval"]
+        out.append({"add": {"set": body}})
+    return out
+
+
+def _rule(family: str, chain: str, expr: list[Json], owner: str | None = None) -> Json:
+    body: Json = {"family": family, "table": TABLE, "chain": chain, "expr": expr}
+    if owner:
+        body["comment"] = comment(owner)
+    return {"add": {"rule": body}}
+
+
+def _payload(proto: str, field: str) -> Json:
+    return {"payload": {"protocol": proto, "field": field}}
+
+
+def _meta(key: str) -> Json:
+    return {"meta": {"key": key}}
+
+
+def _match(left: Any, right: Any, op: str = "==") -> Json:
+    return {"match": {"op": op, "left": left, "right": right}}
+
+
+def _concat(*items: Json) -> Json:
+    return {"concat": list(items)}
+
+
+def _ip(version: int, which: str) -> Json:
+    return _payload("ip" if version == 4 else "ip6", which)
+
+
+def _lookup_rules(chain: str, version: int, local: str, peer: str, prefix: str, verdict: Json,
+                  owner: str) -> list[Json]:
+    """Two rules: (local . peer . proto . port) for port protocols, (local . peer . proto) for the rest."""
+    v = _v(version)
+    return [
+        _rule(FAMILY, chain, [
+            _match(_meta("l4proto"), {"set": list(PORT_PROTOS)}),
+            _match(_concat(_ip(version, local), _ip(version, peer), _meta("l4proto"), _payload("th", "dport")),
+                   f"@{prefix}{v}p"),
+            verdict,
+        ], owner),
+        _rule(FAMILY, chain, [
+            _match(_concat(_ip(version, local), _ip(version, peer), _meta("l4proto")), f"@{prefix}{v}a"),
+            verdict,
+        ], owner),
+    ]
+
+
+def _element(g: Grant, with_port: bool) -> Json:
+    proto: Any = _range(0, 255) if g.proto is None else g.proto
+    if with_port:
+        lo, hi = g.ports or ALL_PORTS
+        return {"concat": [str(g.local), _addr(g.peer), proto, _range(lo, hi)]}
+    return {"concat": [str(g.local), _addr(g.peer), proto]}
+
+
+def _admin_set(g: Grant) -> str:
+    digest = hashlib.sha256(f"{g.policy}/{g.rule}/{g.order}".encode()).hexdigest()[:10]
+    return f"adm_{digest}_{g.direction[0]}{_v(g.local.version)}"
+
+
+def compile_model(model: Model, endpoints: Iterable[Endpoint]) -> Compiled:
+    """The fabric's nftables for this node: structure plus set elements."""
+    structure: list[Json] = [
+        {"add": {"table": {"family": FAMILY, "name": TABLE}}},
+        {"add": {"table": {"family": BRIDGE_FAMILY, "name": TABLE}}},
+    ]
+    elements: dict[tuple[str, str], list[Json]] = {}
+
+    def put(family: str, name: str, elems: Iterable[Json]) -> None:
+        elements.setdefault((family, name), []).extend(elems)
+
+    for v, addr_type in (("4", "ipv4_addr"), ("6", "ipv6_addr")):
+        structure += _sets(FAMILY, [
+            (f"local{v}", [addr_type], False),
+            (f"gw{v}", [addr_type], False),
+            (f"in_open{v}", [addr_type], False),
+            (f"eg_open{v}", [addr_type], False),
+            (f"in{v}p", [addr_type, addr_type, "inet_proto", "inet_service"], True),
+            (f"in{v}a", [addr_type, addr_type, "inet_proto"], True),
+            (f"eg{v}p", [addr_type, addr_type, "inet_proto", "inet_service"], True),
+            (f"eg{v}a", [addr_type, addr_type, "inet_proto"], True),
+        ])
+        version = int(v)
+        put(FAMILY, f"local{v}", [str(a) for a in sorted(a for a in model.local if a.version == version)])
+        put(FAMILY, f"gw{v}", [str(a) for a in sorted(a for a in model.gateways if a.version == version)])
+        put(FAMILY, f"in_open{v}", [str(a) for a in sorted(a for a in model.open_ingress if a.version == version)])
+        put(FAMILY, f"eg_open{v}", [str(a) for a in sorted(a for a in model.open_egress if a.version == version)])
+
+    admin = [g for g in model.grants if g.tier == "admin"]
+    admin_sets: dict[str, list[Grant]] = {}
+    for g in admin:
+        admin_sets.setdefault(_admin_set(g), []).append(g)
+    for g in model.grants:
+        if g.tier != "normal":
+            continue
+        prefix = "in" if g.direction == "ingress" else "eg"
+        with_port = g.proto in PORT_PROTOS
+        put(FAMILY, f"{prefix}{_v(g.local.version)}{'p' if with_port else 'a'}", [_element(g, with_port)])
+
+    # Chains. Base chains accept by default: traffic of no fabric endpoint is not ours to judge.
+    for name, hook in (("forward", "forward"), ("input", "input"), ("output", "output")):
+        structure.append({"add": {"chain": {"family": FAMILY, "table": TABLE, "name": name, "type": "filter",
+                                            "hook": hook, "prio": 0, "policy": "accept"}}})
+    for name in ("egress", "ingress", "egress_normal", "ingress_normal"):
+        structure.append({"add": {"chain": {"family": FAMILY, "table": TABLE, "name": name}}})
+
+    established = _match({"ct": {"key": "state"}}, ["established", "related"], "in")
+    nd = _match(_payload("icmpv6", "type"), {"set": ["nd-neighbor-solicit", "nd-neighbor-advert",
+                                                     "nd-router-solicit", "nd-router-advert"]})
+    for chain in ("forward", "input", "output"):
+        structure.append(_rule(FAMILY, chain, [established, {"accept": None}]))
+        structure.append(_rule(FAMILY, chain, [nd, {"accept": None}]))
+    for version in (4, 6):
+        v = _v(version)
+        fabric_src = _match(_ip(version, "saddr"), f"@local{v}")
+        fabric_dst = _match(_ip(version, "daddr"), f"@local{v}")
+        invalid = _match({"ct": {"key": "state"}}, ["invalid"], "in")
+        structure.append(_rule(FAMILY, "forward", [fabric_src, invalid, {"counter": None}, {"drop": None}]))
+        structure.append(_rule(FAMILY, "forward", [fabric_src, {"jump": {"target": "egress"}}]))
+        structure.append(_rule(FAMILY, "forward", [fabric_dst, {"jump": {"target": "ingress"}}]))
+        dns = [fabric_src, _match(_ip(version, "daddr"), f"@gw{v}"),
+               _match(_meta("l4proto"), {"set": [6, 17]}), _match(_payload("th", "dport"), 53), {"accept": None}]
+        structure.append(_rule(FAMILY, "input", dns, "dns to the fabric resolver"))
+        structure.append(_rule(FAMILY, "input", [fabric_src, {"jump": {"target": "egress"}}]))
+        structure.append(_rule(FAMILY, "output", [fabric_dst, {"jump": {"target": "ingress"}}]))
+
+    # Admin tier first, in order: Allow/Deny decide, Pass skips to the normal tier.
+    for set_name, grants in sorted(admin_sets.items(), key=lambda kv: kv[1][0].order):
+        g = grants[0]
+        version = g.local.version
+        addr_type = "ipv4_addr" if version == 4 else "ipv6_addr"
+        structure += _sets(FAMILY, [(set_name + "p", [addr_type, addr_type, "inet_proto", "inet_service"], True),
+                                    (set_name + "a", [addr_type, addr_type, "inet_proto"], True)])
+        for x in grants:
+            with_port = x.proto in PORT_PROTOS
+            put(FAMILY, set_name + ("p" if with_port else "a"), [_element(x, with_port)])
+        chain = g.direction
+        if g.action == "Allow":
+            verdict: Json = {"accept": None} if chain == "ingress" else {"return": None}
+        elif g.action == "Deny":
+            verdict = {"drop": None}
+        else:
+            verdict = {"goto": {"target": f"{chain}_normal"}}
+        local, peer = ("daddr", "saddr") if chain == "ingress" else ("saddr", "daddr")
+        owner = f"{g.policy}/{g.rule}"
+        for rule in _lookup_rules(chain, version, local, peer, set_name[:-1], verdict, owner):
+            structure.append(rule)
+    # Per-set names of the admin lookups: `_lookup_rules` appends the family digit and p/a.
+    for chain in ("egress", "ingress"):
+        structure.append(_rule(FAMILY, chain, [{"goto": {"target": f"{chain}_normal"}}]))
+
+    for chain, local, peer, prefix, allow in (("egress_normal", "saddr", "daddr", "eg", {"return": None}),
+                                             ("ingress_normal", "daddr", "saddr", "in", {"accept": None})):
+        for version in (4, 6):
+            v = _v(version)
+            structure.append(_rule(FAMILY, chain, [_match(_ip(version, local), f"@{prefix}_open{v}"), allow]))
+            structure += _lookup_rules(chain, version, local, peer, prefix, allow, None)  # type: ignore[arg-type]
+        structure.append(_rule(FAMILY, chain, [{"counter": None}, {"drop": None}], f"default deny {chain[:-7]}"))
+
+    _anti_spoofing(structure, elements, endpoints)
+    for key in elements:
+        elements[key] = _dedupe(elements[key])
+    return Compiled(structure, dict(sorted(elements.items())))
+
+
+def _dedupe(elems: list[Json]) -> list[Json]:
+    seen: dict[str, Json] = {}
+    for e in elems:
+        seen.setdefault(json.dumps(e, sort_keys=True), e)
+    return [seen[k] for k in sorted(seen)]
+
+
+def _anti_spoofing(structure: list[Json], elements: dict[tuple[str, str], list[Json]],
+                   endpoints: Iterable[Endpoint]) -> None:
+    """bridge qnf: a packet from a fabric veth must carry that endpoint's MAC and address."""
+    structure += [
+        {"add": {"set": {"family": BRIDGE_FAMILY, "table": TABLE, "name": "ports", "type": "ifname"}}},
+        {"add": {"set": {"family": BRIDGE_FAMILY, "table": TABLE, "name": "portmac",
+                         "type": ["ifname", "ether_addr"]}}},
+        {"add": {"set": {"family": BRIDGE_FAMILY, "table": TABLE, "name": "src4",
+                         "type": ["ifname", "ether_addr", "ipv4_addr"]}}},
+        {"add": {"set": {"family": BRIDGE_FAMILY, "table": TABLE, "name": "src6",
+                         "type": ["ifname", "ether_addr", "ipv6_addr"]}}},
+        {"add": {"chain": {"family": BRIDGE_FAMILY, "table": TABLE, "name": "prerouting", "type": "filter",
+                           "hook": "prerouting", "prio": -300, "policy": "accept"}}},
+        {"add": {"chain": {"family": BRIDGE_FAMILY, "table": TABLE, "name": "antispoof"}}},
+    ]
+    iif = _meta("iifname")
+    ether_src = _payload("ether", "saddr")
+
+    def rule(expr: list[Json], owner: str | None = None) -> Json:
+        body: Json = {"family": BRIDGE_FAMILY, "table": TABLE, "chain": "antispoof", "expr": expr}
+        if owner:
+            body["comment"] = comment(owner)
+        return {"add": {"rule": body}}
+
+    structure.append({"add": {"rule": {"family": BRIDGE_FAMILY, "table": TABLE, "chain": "prerouting",
+                                       "expr": [_match(iif, "@ports"), {"jump": {"target": "antispoof"}}]}}})
+    ether_type = _payload("ether", "type")
+    structure += [
+        rule([_match(ether_type, "arp"), _match(_concat(iif, _payload("arp", "saddr ether")), "@portmac"),
+              _match(_concat(iif, ether_src, _payload("arp", "saddr ip")), "@src4"), {"accept": None}]),
+        rule([_match(ether_type, "ip"), _match(_concat(iif, ether_src, _payload("ip", "saddr")), "@src4"),
+              {"accept": None}]),
+        rule([_match(ether_type, "ip6"), _match(_concat(iif, ether_src, _payload("ip6", "saddr")), "@src6"),
+              {"accept": None}]),
+        # IPv6 link-local and duplicate address detection, from the port's own MAC only.
+        rule([_match(ether_type, "ip6"), _match(_concat(iif, ether_src), "@portmac"),
+              _match(_payload("ip6", "saddr"), {"prefix": {"addr": "fe80::", "len": 10}}), {"accept": None}]),
+        rule([_match(ether_type, "ip6"), _match(_concat(iif, ether_src), "@portmac"),
+              _match(_payload("ip6", "saddr"), "::"), {"accept": None}]),
+        rule([{"counter": None}, {"drop": None}], "anti-spoofing"),
+    ]
+    ports, portmac, src4, src6 = [], [], [], []
+    for e in sorted(endpoints, key=lambda e: e.host_ifname):
+        ports.append(e.host_ifname)
+        portmac.append({"concat": [e.host_ifname, e.mac]})
+        for a in e.addresses:
+            (src4 if a.version == 4 else src6).append({"concat": [e.host_ifname, e.mac, str(a.ip)]})
+    elements[(BRIDGE_FAMILY, "ports")] = ports
+    elements[(BRIDGE_FAMILY, "portmac")] = portmac
+    elements[(BRIDGE_FAMILY, "src4")] = src4
+    elements[(BRIDGE_FAMILY, "src6")] = src6

@@ -1,0 +1,79 @@
+"""`policy.explain`: the verdict on one flow and the policy rule that decides it.
+
+It walks the same grants the compiler turns into nftables sets, in the same order the datapath
+checks them: the source's egress (admin tier, then DNS, open direction or a normal grant), then
+the destination's ingress. Pure.
+"""
+
+from __future__ import annotations
+
+from libs.common.messages import FlowQuery, Verdict
+from services.firewall.core.model import ICMP4, ICMP6, PROTOCOLS, Address, Direction, Model, grant_matches
+
+
+def _proto(query: FlowQuery) -> int:
+    if query.protocol == "ICMP":
+        return ICMP6 if query.source.version == 6 else ICMP4
+    return PROTOCOLS[query.protocol]
+
+
+def _direction(model: Model, direction: Direction, local: Address, peer: Address, proto: int,
+               port: int | None) -> Verdict | None:
+    """The verdict of one side, or None if it allows (so the other side decides)."""
+    name = model.by_address[local].name if local in model.by_address else str(local)
+    for g in model.grants:
+        if g.tier != "admin" or g.direction != direction or g.local != local:
+            continue
+        if grant_matches(g, peer, proto, port):
+            if g.action == "Deny":
+                return Verdict(allowed=False, reason=f"admin policy denies {direction} of {name}",
+                               policy=g.policy, rule=g.rule, direction=direction)
+            if g.action == "Allow":
+                return Verdict(allowed=True, reason=f"admin policy allows {direction} of {name}",
+                               policy=g.policy, rule=g.rule, direction=direction)
+            break  # Pass: on to the normal tier
+    opened = model.open_ingress if direction == "ingress" else model.open_egress
+    if local in opened:
+        return None
+    for g in model.grants:
+        if g.tier == "normal" and g.direction == direction and g.local == local and grant_matches(g, peer, proto, port):
+            return None
+    return Verdict(allowed=False, reason=f"no policy allows {direction} of {name}", direction=direction)
+
+
+def explain(model: Model, query: FlowQuery) -> Verdict:
+    """What the firewall does with a new flow from `source` to `destination`."""
+    proto = _proto(query)
+    src, dst = query.source, query.destination
+    if src.version != dst.version:
+        return Verdict(allowed=False, reason="source and destination are of different IP versions")
+    deciding: Verdict | None = None
+    if src in model.local:
+        if dst in model.gateways and proto in (6, 17) and query.port == 53:
+            return Verdict(allowed=True, reason="DNS to the fabric's resolver always passes")
+        verdict = _direction(model, "egress", src, dst, proto, query.port)
+        if verdict is not None and not verdict.allowed:
+            return verdict
+        deciding = verdict
+    if dst in model.local:
+        verdict = _direction(model, "ingress", dst, src, proto, query.port)
+        if verdict is not None:
+            return verdict
+    if deciding is not None:
+        return deciding
+    return Verdict(allowed=True, reason=_allowed_reason(model, src, dst, proto, query.port))
+
+
+def _allowed_reason(model: Model, src: Address, dst: Address, proto: int, port: int | None) -> str:
+    parts = []
+    for direction, local, peer in (("egress", src, dst), ("ingress", dst, src)):
+        if local not in model.local:
+            continue
+        opened = model.open_ingress if direction == "ingress" else model.open_egress
+        if local in opened:
+            parts.append(f"{direction} of {local} is not isolated")
+            continue
+        g = next(g for g in model.grants if g.tier == "normal" and g.direction == direction and g.local == local
+                 and grant_matches(g, peer, proto, port))
+        parts.append(f"{direction} allowed by {g.policy} {g.rule}")
+    return "; ".join(parts) or "neither end is a fabric endpoint on this node"

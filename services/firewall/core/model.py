@@ -1,0 +1,288 @@
+"""The policy model: which flows each endpoint may send and receive, as a flat list of grants.
+
+This is the single source of truth for both the nftables compiler and `explain`, so what the
+kernel enforces and what an operator is told can never disagree.
+
+Semantics (DESIGN §5, Kubernetes NetworkPolicy where it speaks):
+- A normal-tier policy selects endpoints of its own network. Its types are `policyTypes`, or
+  Ingress plus Egress when it has egress rules (Kubernetes' default).
+- Zero trust is per direction: in a zero-trust network an endpoint's ingress and egress are each
+  denied unless a grant allows them. In a default-allow network a direction is open until some
+  policy selecting the endpoint has that type (Kubernetes, exactly).
+- Allow rules union. An empty peer list is every peer: in a zero-trust network that means the
+  own network and the world outside the fabric, never another fabric network (those must be
+  named); in a default-allow network, everything. An empty port list is every protocol and port.
+- endpointSelector alone: endpoints of the policy's network. networkSelector alone: every address
+  of the matching networks. Both in one peer: AND. Two peers: OR.
+- Admin tier: ordered by priority, then rule order; Allow and Deny decide, Pass falls through to
+  the normal tier.
+
+Pure: no I/O; endpoints, networks and policies come in as values.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, collapse_addresses, ip_network
+from typing import Final, Literal
+
+from libs.common.messages import Endpoint, LabelSelector, Network, Peer, Policy, PolicyPort, PolicyRule
+from services.firewall.core.selectors import matches, network_labels
+
+Address = IPv4Address | IPv6Address
+Net = IPv4Network | IPv6Network
+Direction = Literal["ingress", "egress"]
+
+PROTOCOLS: Final = {"TCP": 6, "UDP": 17, "SCTP": 132}
+ICMP4: Final = 1
+ICMP6: Final = 58
+ALL_PORTS: Final = (0, 65535)
+WORLD: Final[tuple[Net, ...]] = (ip_network("0.0.0.0/0"), ip_network("::/0"))
+
+
+@dataclass(frozen=True, order=True)
+class Grant:
+    """`local` may exchange `proto`/`ports` traffic with addresses in `peer`, in `direction`.
+
+    proto None: every protocol (ports None). ports None with a proto: every port (or ICMP).
+    For the admin tier `action` is Allow, Deny or Pass and `order` ranks the grant.
+    """
+
+    direction: Direction
+    local: Address
+    peer: Net
+    proto: int | None
+    ports: tuple[int, int] | None
+    policy: str
+    rule: str
+    tier: Literal["admin", "normal"] = "normal"
+    action: Literal["Allow", "Deny", "Pass"] = "Allow"
+    order: tuple[int, str, int] = (0, "", 0)
+
+
+@dataclass(frozen=True)
+class Model:
+    """Everything the compiler and explain need for one node."""
+
+    grants: tuple[Grant, ...]
+    open_ingress: frozenset[Address]  # local addresses whose ingress is not isolated
+    open_egress: frozenset[Address]
+    local: frozenset[Address]  # addresses of endpoints on this node
+    gateways: frozenset[Address]  # the fabric resolvers (DNS always passes)
+    by_address: dict[Address, Endpoint] = field(default_factory=dict)
+
+
+def policy_types(policy: Policy) -> set[str]:
+    if policy.policy_types is not None:
+        return set(policy.policy_types)
+    return {"Ingress", "Egress"} if policy.egress else {"Ingress"}
+
+
+def _addresses(endpoint: Endpoint) -> list[Address]:
+    return [a.ip for a in endpoint.addresses]
+
+
+def _host(address: Address) -> Net:
+    return ip_network(address)
+
+
+def _subnets(network: Network) -> list[Net]:
+    out: list[Net] = [network.subnet]
+    if network.subnet6 is not None:
+        out.append(network.subnet6)
+    return out
+
+
+def _outside(networks: Iterable[Network], keep: Network | None) -> list[Net]:
+    """The world minus every fabric subnet except `keep`'s (the zero-trust meaning of 'anyone')."""
+    fabric = [s for n in networks if keep is None or n.name != keep.name for s in _subnets(n)]
+    out: list[Net] = []
+    for world in WORLD:
+        parts: list[Net] = [world]
+        for sub in (s for s in fabric if s.version == world.version):
+            nxt: list[Net] = []
+            for part in parts:
+                if sub.subnet_of(part):  # type: ignore[arg-type]
+                    nxt.extend(part.address_exclude(sub))  # type: ignore[arg-type]
+                elif part.subnet_of(sub):  # type: ignore[arg-type]
+                    continue
+                else:
+                    nxt.append(part)
+            parts = nxt
+        out.extend(collapse_addresses(parts))  # type: ignore[arg-type]
+    if keep is not None:
+        out.extend(_subnets(keep))
+    return out
+
+
+class _World:
+    """Lookups over one snapshot of networks and endpoints."""
+
+    def __init__(self, networks: Sequence[Network], endpoints: Sequence[Endpoint]) -> None:
+        self.networks = {n.name: n for n in networks}
+        self.endpoints = list(endpoints)
+        self.net_labels = {n.name: network_labels(n.name, n.labels) for n in networks}
+
+    def networks_matching(self, selector: LabelSelector) -> list[Network]:
+        return [n for n in self.networks.values() if matches(selector, self.net_labels[n.name])]
+
+    def peer_nets(self, peer: Peer, home: Network | None) -> list[Net]:
+        """Addresses a peer stands for (hosts for selected endpoints, whole subnets for networks)."""
+        if peer.ip_block is not None:
+            parts: list[Net] = [peer.ip_block.cidr]
+            for ex in peer.ip_block.except_:
+                parts = [p for part in parts for p in (part.address_exclude(ex)  # type: ignore[arg-type]
+                         if ex.subnet_of(part) else ([] if part.subnet_of(ex) else [part]))]  # type: ignore[arg-type]
+            return parts
+        if peer.identity is not None:
+            return [_host(a) for e in self.endpoints if fnmatch.fnmatchcase(e.identity, peer.identity)
+                    for a in _addresses(e)]
+        if peer.network_selector is not None:
+            nets = self.networks_matching(peer.network_selector)
+            if peer.endpoint_selector is None:
+                return [s for n in nets for s in _subnets(n)]
+            names = {n.name for n in nets}
+            return [_host(a) for e in self.peer_endpoints(peer.endpoint_selector, names) for a in _addresses(e)]
+        assert peer.endpoint_selector is not None
+        scope = {home.name} if home is not None else set(self.networks)
+        return [_host(a) for e in self.peer_endpoints(peer.endpoint_selector, scope) for a in _addresses(e)]
+
+    def peer_endpoints(self, selector: LabelSelector, networks: set[str]) -> list[Endpoint]:
+        return [e for e in self.endpoints if e.network in networks and matches(selector, e.labels)]
+
+    def rule_peers(self, rule: PolicyRule, home: Network | None) -> list[Net]:
+        if not rule.peers:
+            if home is not None and home.isolation == "zero-trust":
+                return _outside(self.networks.values(), home)
+            return list(WORLD)
+        return [net for peer in rule.peers for net in self.peer_nets(peer, home)]
+
+    def named_port_endpoints(self, rule: PolicyRule, home: Network | None) -> list[Endpoint]:
+        """Endpoints among a rule's peers (where an egress named port can be resolved)."""
+        if not rule.peers:
+            return [e for e in self.endpoints if home is None or e.network == home.name
+                    or home.isolation == "default-allow"]
+        out: list[Endpoint] = []
+        for peer in rule.peers:
+            if peer.ip_block is not None:
+                continue
+            if peer.identity is not None:
+                out += [e for e in self.endpoints if fnmatch.fnmatchcase(e.identity, peer.identity)]
+                continue
+            names = ({n.name for n in self.networks_matching(peer.network_selector)}
+                     if peer.network_selector is not None else ({home.name} if home else set(self.networks)))
+            out += self.peer_endpoints(peer.endpoint_selector or LabelSelector(), names)
+        return out
+
+
+def _port_specs(port: PolicyPort, named_owner: Endpoint | None) -> list[tuple[int, tuple[int, int] | None]]:
+    """(proto, port range) pairs for one port entry; a named port resolves against `named_owner`."""
+    if port.protocol == "ICMP":
+        return [(ICMP4, None)]
+    proto = PROTOCOLS[port.protocol]
+    if port.port is None:
+        return [(proto, ALL_PORTS)]
+    if isinstance(port.port, str):
+        if named_owner is None:
+            return []
+        named = named_owner.named_ports.get(port.port)
+        if named is None or named.protocol != port.protocol:
+            return []
+        return [(proto, (named.port, named.port))]
+    return [(proto, (port.port, port.end_port or port.port))]
+
+
+def _icmp_for(proto: int, local: Address) -> int:
+    return ICMP6 if proto == ICMP4 and local.version == 6 else proto
+
+
+def _grants_for_rule(world: _World, policy: Policy, rule: PolicyRule, where: str, direction: Direction,
+                     selected: Endpoint, home: Network | None, tier: str,
+                     order: tuple[int, str, int]) -> list[Grant]:
+    out: list[Grant] = []
+    peers = world.rule_peers(rule, home)
+
+    def add(local: Address, peer: Net, proto: int | None, ports: tuple[int, int] | None) -> None:
+        if peer.version != local.version:
+            return
+        out.append(Grant(direction, local, peer, None if proto is None else _icmp_for(proto, local), ports,
+                         policy.name, where, tier, rule.action, order))  # type: ignore[arg-type]
+
+    for local in _addresses(selected):
+        if not rule.ports:
+            for peer in peers:
+                add(local, peer, None, None)
+            continue
+        for port in rule.ports:
+            if isinstance(port.port, str) and direction == "egress":
+                # The name is the destination's: resolve it per peer endpoint.
+                for peer_ep in world.named_port_endpoints(rule, home):
+                    for proto, rng in _port_specs(port, peer_ep):
+                        for addr in _addresses(peer_ep):
+                            if any(addr in p for p in peers):
+                                add(local, _host(addr), proto, rng)
+                continue
+            for proto, rng in _port_specs(port, selected):
+                for peer in peers:
+                    add(local, peer, proto, rng)
+    return out
+
+
+def build(networks: Sequence[Network], endpoints: Sequence[Endpoint], policies: Sequence[Policy],
+          *, node: str | None = None) -> Model:
+    """The grants and open directions of every endpoint on `node` (None: every endpoint)."""
+    world = _World(networks, endpoints)
+    local_eps = [e for e in endpoints if (node is None or e.node == node) and e.network in world.networks]
+    grants: list[Grant] = []
+    open_in: set[Address] = set()
+    open_eg: set[Address] = set()
+    normal = [p for p in policies if p.tier == "normal"]
+    admin = sorted((p for p in policies if p.tier == "admin"), key=lambda p: (p.priority, p.name))
+    for ep in local_eps:
+        net = world.networks[ep.network]
+        selecting = [p for p in normal if p.network == ep.network and matches(p.endpoint_selector, ep.labels)]
+        for direction, type_name, opened in (("ingress", "Ingress", open_in), ("egress", "Egress", open_eg)):
+            relevant = [p for p in selecting if type_name in policy_types(p)]
+            if net.isolation == "default-allow" and not relevant:
+                opened.update(_addresses(ep))
+            for p in relevant:
+                for i, rule in enumerate(getattr(p, direction)):
+                    grants += _grants_for_rule(world, p, rule, f"{direction}[{i}]", direction,  # type: ignore[arg-type]
+                                               ep, net, "normal", (0, "", 0))
+        for p in admin:
+            subject_nets = (world.networks_matching(p.network_selector) if p.network_selector is not None
+                            else list(world.networks.values()))
+            if ep.network not in {n.name for n in subject_nets} or not matches(p.endpoint_selector, ep.labels):
+                continue
+            for direction in ("ingress", "egress"):
+                for i, rule in enumerate(getattr(p, direction)):
+                    grants += _grants_for_rule(world, p, rule, f"{direction}[{i}]", direction,  # type: ignore[arg-type]
+                                               ep, None, "admin", (p.priority, p.name, i))
+    gateways = {n.gateway for n in networks} | {n.gateway6 for n in networks if n.gateway6 is not None}
+    return Model(
+        grants=tuple(sorted(set(grants), key=_grant_key)),
+        open_ingress=frozenset(open_in),
+        open_egress=frozenset(open_eg),
+        local=frozenset(a for e in local_eps for a in _addresses(e)),
+        gateways=frozenset(gateways),
+        by_address={a: e for e in endpoints for a in _addresses(e)},
+    )
+
+
+def _grant_key(g: Grant) -> tuple[object, ...]:
+    return (g.tier != "admin", g.order, g.direction, g.local.version, int(g.local), g.peer.version,
+            int(g.peer.network_address), g.peer.prefixlen, g.proto or -1, g.ports or (-1, -1), g.policy, g.rule)
+
+
+def grant_matches(g: Grant, peer: Address, proto: int, port: int | None) -> bool:
+    if peer not in g.peer:
+        return False
+    if g.proto is None:
+        return True
+    if g.proto != proto:
+        return False
+    if g.ports is None or port is None:
+        return g.ports is None or g.ports == ALL_PORTS
+    return g.ports[0] <= port <= g.ports[1]
