@@ -153,9 +153,9 @@ class EndpointAdd(Message):
     mac: Annotated[str, StringConstraints(pattern=_MAC)] | None = None
     ips: list[IPv4Address | IPv6Address] = Field(default_factory=list, max_length=2)
     port_mappings: list[PortMapping] = Field(default_factory=list, max_length=1024)
-    named_ports: dict[Annotated[str, StringConstraints(pattern=r"^[a-z0-9]([a-z0-9-]{0,13}[a-z0-9])?$")], NamedPort] = (
-        Field(default_factory=dict)
-    )
+    named_ports: dict[
+        Annotated[str, StringConstraints(pattern=r"^[a-z0-9]([a-z0-9-]{0,13}[a-z0-9])?$")], NamedPort
+    ] = Field(default_factory=dict)
 
 
 class EndpointRemove(Message):
@@ -285,10 +285,13 @@ class PolicySpec(Message):
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
     name: NetworkName
-    network: NetworkName | None = Field(None, description="normal tier: the network whose endpoints it selects")
+    network: NetworkName | None = Field(
+        None, description="normal tier: the network whose endpoints it selects"
+    )
     endpoint_selector: LabelSelector = Field(default_factory=LabelSelector, alias="endpointSelector")
-    network_selector: LabelSelector | None = Field(None, alias="networkSelector",
-                                                   description="admin tier: networks whose endpoints it selects")
+    network_selector: LabelSelector | None = Field(
+        None, alias="networkSelector", description="admin tier: networks whose endpoints it selects"
+    )
     policy_types: list[Literal["Ingress", "Egress"]] | None = Field(None, alias="policyTypes")
     ingress: list[PolicyRule] = Field(default_factory=list)
     egress: list[PolicyRule] = Field(default_factory=list)
@@ -305,17 +308,25 @@ class Policy(PolicySpec):
 
 
 class PolicyRef(Message):
+    """A policy by name: normal-tier policies are named within their network, admin ones globally."""
+
     name: NetworkName
+    network: NetworkName | None = None
 
 
 class PolicyList(Message):
     policies: list[Policy]
 
 
+class PolicyFilter(Message):
+    network: NetworkName | None = None
+
+
 class PolicyYaml(Message):
     """A Kubernetes NetworkPolicy (networking.k8s.io/v1) document, as YAML or JSON text."""
 
     document: str = Field(max_length=1 << 20)
+    network: NetworkName | None = Field(None, description="when the document names no namespace")
 
 
 class FlowQuery(Message):

@@ -1,28 +1,322 @@
-"""The firewall actor: its handler table and lifecycle.
+"""The firewall actor: policy CRUD and explain on the bus, and the node's nftables reconciler.
 
-Only the base endpoints (diag.echo, and the nats micro protocol) are served so far; the
-service's own commands arrive with its issue.
+Handler table (see `endpoints()`), all cluster commands (queue group "firewall"):
+
+    qnf.v1.cmd.firewall.policy.create|get|list|update|delete|import|explain
+
+Intent and realisation are apart: watchers keep the desired state (networks, endpoints,
+policies from KV) and bump a revision; one reconciler task compiles the latest revision and
+applies it, as element deltas when the structure is unchanged, as one full transaction
+otherwise. A failed transaction leaves the previous ruleset in force and is retried with capped
+backoff; a periodic check re-applies everything if the kernel drifted.
 """
 
 from __future__ import annotations
 
+import asyncio
+import json
+import logging
+import time
 from typing import Any
 
-from libs.common.bus import Endpoint
+import yaml
+from prometheus_client import Gauge, Histogram
+
+from libs.common.bus import Endpoint as BusEndpoint
+from libs.common.errors import Conflict, NotFound, PolicyRejected, QnfError
+from libs.common.kv import TypedKV
+from libs.common.messages import (
+    Empty,
+    Endpoint,
+    FlowQuery,
+    Message,
+    Network,
+    Policy,
+    PolicyFilter,
+    PolicyList,
+    PolicyRef,
+    PolicySpec,
+    PolicyYaml,
+    Removed,
+    Verdict,
+)
+from libs.common.metrics import LATENCY_BUCKETS
 from libs.common.service import Context
+from services.firewall.adapters.nft import Nft
+from services.firewall.core import k8s
+from services.firewall.core.compiler import Compiled, compile_model
+from services.firewall.core.explain import explain
+from services.firewall.core.keys import policy_key, ref_key
+from services.firewall.core.model import build
+from services.firewall.core.validate import validate
+
+log = logging.getLogger("qnf.firewall")
+
+DRIFT_CHECK_S = 10.0
+RETRY_MAX_S = 30.0
+
+
+class SyncStatus(Message):
+    """Node command `firewall.status`: what this node's firewall knows and whether it is applied."""
+
+    node: str
+    policies: int
+    endpoints: int
+    networks: int
+    in_sync: bool
+
+
+class PolicyEvent(Message):
+    """Events `qnf.v1.evt.firewall.policy.created|updated|deleted`."""
+
+    policy: Policy
 
 
 class FirewallActor:
-    """Owns the firewall service's state; handlers run one mailbox key at a time."""
+    """Owns the desired state of this node's firewall and the policy store."""
 
-    def __init__(self, ctx: Context) -> None:
-        self._ctx = ctx
+    def __init__(
+        self,
+        ctx: Context,
+        *,
+        policies: TypedKV[Policy],
+        networks: TypedKV[Network],
+        endpoints: TypedKV[Endpoint],
+        nft: Nft,
+    ) -> None:
+        self._bus = ctx.bus
+        self._node = ctx.settings.node
+        self._policies_kv = policies
+        self._networks_kv = networks
+        self._endpoints_kv = endpoints
+        self._nft = nft
+        self.known_networks: dict[str, Network] = {}
+        self.known_endpoints: dict[str, Endpoint] = {}
+        self.known_policies: dict[str, Policy] = {}
+        self._revision = 0
+        self._applied_revision = -1
+        self._applied: Compiled | None = None
+        self._changed = asyncio.Event()
+        self._synced: dict[str, asyncio.Event] = {b: asyncio.Event() for b in ("net", "ep", "pol")}
+        self._tasks: list[asyncio.Task[None]] = []
+        r = ctx.registry
+        self._apply_seconds = Histogram(
+            "qnf_firewall_apply_seconds",
+            "Time to apply a compiled ruleset",
+            ["kind"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self._elements = Gauge("qnf_firewall_set_elements", "Set elements in force", registry=r)
+        self._rules = Gauge("qnf_firewall_rules", "Rules in force", registry=r)
 
-    def endpoints(self) -> list[Endpoint[Any, Any]]:
-        return []
+    def endpoints(self) -> list[BusEndpoint[Any, Any]]:
+        def policy_key_of(_: Message) -> str:
+            return "policies"
+
+        return [
+            BusEndpoint("policy.create", PolicySpec, Policy, self.create_policy, key=policy_key_of),
+            BusEndpoint("policy.get", PolicyRef, Policy, self.get_policy, key=lambda r: "read"),
+            BusEndpoint("policy.list", PolicyFilter, PolicyList, self.list_policies, key=lambda r: "read"),
+            BusEndpoint("policy.update", PolicySpec, Policy, self.update_policy, key=policy_key_of),
+            BusEndpoint("policy.delete", PolicyRef, Removed, self.delete_policy, key=policy_key_of),
+            BusEndpoint("policy.import", PolicyYaml, Policy, self.import_policy, key=policy_key_of),
+            BusEndpoint("policy.explain", FlowQuery, Verdict, self.explain, key=lambda r: "read"),
+            BusEndpoint("status", Empty, SyncStatus, self.status, scope="node", key=lambda r: "read"),
+        ]
 
     async def start(self) -> None:
-        pass
+        self._tasks = [
+            asyncio.create_task(self._watch(self._networks_kv, self.known_networks, "net")),
+            asyncio.create_task(self._watch(self._endpoints_kv, self.known_endpoints, "ep")),
+            asyncio.create_task(self._watch(self._policies_kv, self.known_policies, "pol")),
+        ]
+        await asyncio.wait_for(asyncio.gather(*(e.wait() for e in self._synced.values())), 30)
+        await self.reconcile_once()
+        self._tasks.append(asyncio.create_task(self._reconcile_loop()))
 
     async def stop(self) -> None:
-        pass
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._nft.close()
+
+    # ------------------------------------------------------------------ desired state
+
+    async def _watch(self, kv: TypedKV[Any], into: dict[str, Any], name: str) -> None:
+        while True:
+            try:
+                async for change in kv.watch():
+                    if change is None:
+                        self._synced[name].set()
+                        continue
+                    if change.value is None:
+                        into.pop(change.key, None)
+                    else:
+                        into[change.key] = change.value
+                    self._revision += 1
+                    self._changed.set()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # the watch dies with the connection; start it again
+                log.warning("watch of %s failed: %s", kv.bucket, exc)
+                await asyncio.sleep(1)
+
+    def model(self, *, node: str | None) -> Any:
+        return build(
+            list(self.known_networks.values()),
+            list(self.known_endpoints.values()),
+            list(self.known_policies.values()),
+            node=node,
+        )
+
+    # ------------------------------------------------------------------ realisation
+
+    async def _reconcile_loop(self) -> None:
+        delay = 0.5
+        while True:
+            try:
+                await asyncio.wait_for(self._changed.wait(), DRIFT_CHECK_S)
+            except TimeoutError:
+                await self._check_drift()
+                continue
+            try:
+                await self.reconcile_once()
+                delay = 0.5
+            except QnfError as exc:
+                log.error("applying the firewall failed (previous ruleset stays in force): %s", exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, RETRY_MAX_S)
+                self._changed.set()
+
+    async def reconcile_once(self) -> bool:
+        """Compile the latest desired state and apply it; False if it was already applied."""
+        self._changed.clear()
+        revision = self._revision
+        if revision == self._applied_revision and self._applied is not None:
+            return False
+        local = [e for e in self.known_endpoints.values() if e.node == self._node]
+        compiled = compile_model(self.model(node=self._node), local)
+        started = time.perf_counter()
+        if self._applied is None or self._applied.structure_digest() != compiled.structure_digest():
+            await self._nft.apply(compiled.full())
+            kind = "full"
+        else:
+            commands = _delta(self._applied, compiled)
+            if commands:
+                await self._nft.apply(commands)
+            kind = "delta"
+        self._apply_seconds.labels(kind).observe(time.perf_counter() - started)
+        self._applied = compiled
+        self._applied_revision = revision
+        self._elements.set(sum(len(v) for v in compiled.elements.values()))
+        self._rules.set(sum(1 for c in compiled.structure if "rule" in c.get("add", {})))
+        return True
+
+    async def _check_drift(self) -> None:
+        if self._applied is None:
+            return
+        counts = await self._nft.element_counts()
+        want = {k: len(v) for k, v in self._applied.elements.items()}
+        if counts is None or any(counts.get(k, -1) != n for k, n in want.items()):
+            log.warning("the kernel drifted from the compiled firewall; re-applying it whole")
+            self._applied = None
+            self._changed.set()
+
+    # ------------------------------------------------------------------ handlers
+
+    def _check(self, spec: PolicySpec) -> None:
+        validate(spec, set(self.known_networks))
+
+    async def create_policy(self, spec: PolicySpec) -> Policy:
+        self._check(spec)
+        key = policy_key(spec)
+        existing = await self._policies_kv.get(key)
+        if existing is not None:
+            if (
+                PolicySpec.model_validate(existing.value.model_dump(exclude={"revision", "created_ms"}))
+                == spec
+            ):
+                return existing.value.model_copy(update={"revision": existing.revision})
+            raise Conflict(f"policy {spec.name} exists with a different spec")
+        policy = Policy(**spec.model_dump(), created_ms=int(time.time() * 1000))
+        revision = await self._policies_kv.create(key, policy)
+        stored = policy.model_copy(update={"revision": revision})
+        await self._bus.publish_event("policy.created", PolicyEvent(policy=stored))
+        return stored
+
+    async def update_policy(self, spec: PolicySpec) -> Policy:
+        self._check(spec)
+        key = policy_key(spec)
+        existing = await self._policies_kv.get(key)
+        if existing is None:
+            raise NotFound(f"policy {spec.name} does not exist")
+        policy = Policy(**spec.model_dump(), created_ms=existing.value.created_ms)
+        revision = await self._policies_kv.update(key, policy, existing.revision)
+        stored = policy.model_copy(update={"revision": revision})
+        await self._bus.publish_event("policy.updated", PolicyEvent(policy=stored))
+        return stored
+
+    async def get_policy(self, ref: PolicyRef) -> Policy:
+        record = await self._policies_kv.get(ref_key(ref.name, ref.network))
+        if record is None:
+            raise NotFound(f"policy {ref.name} does not exist")
+        return record.value.model_copy(update={"revision": record.revision})
+
+    async def list_policies(self, flt: PolicyFilter) -> PolicyList:
+        records = await self._policies_kv.items()
+        return PolicyList(
+            policies=[
+                r.value.model_copy(update={"revision": r.revision})
+                for r in records
+                if flt.network is None or r.value.network == flt.network
+            ]
+        )
+
+    async def delete_policy(self, ref: PolicyRef) -> Removed:
+        key = ref_key(ref.name, ref.network)
+        record = await self._policies_kv.get(key)
+        if record is None:
+            return Removed(existed=False)
+        await self._policies_kv.delete(key, record.revision)
+        await self._bus.publish_event("policy.deleted", PolicyEvent(policy=record.value))
+        return Removed(existed=True)
+
+    async def import_policy(self, req: PolicyYaml) -> Policy:
+        try:
+            doc = yaml.safe_load(req.document)
+        except yaml.YAMLError as exc:
+            raise PolicyRejected(f"document: not valid YAML: {str(exc).splitlines()[0]}") from exc
+        spec = k8s.translate(doc, default_network=req.network)
+        if await self._policies_kv.get(policy_key(spec)) is not None:
+            return await self.update_policy(spec)
+        return await self.create_policy(spec)
+
+    async def status(self, _: Empty) -> SyncStatus:
+        return SyncStatus(
+            node=self._node,
+            policies=len(self.known_policies),
+            endpoints=len(self.known_endpoints),
+            networks=len(self.known_networks),
+            in_sync=self._applied is not None and self._applied_revision == self._revision,
+        )
+
+    async def explain(self, query: FlowQuery) -> Verdict:
+        return explain(self.model(node=None), query)
+
+
+def _delta(old: Compiled, new: Compiled) -> list[dict[str, Any]]:
+    """Element deletions then additions, per set, as one batch."""
+    deletes, adds = [], []
+    for key in sorted(set(old.elements) | set(new.elements)):
+        family, name = key
+        before = {json.dumps(e, sort_keys=True): e for e in old.elements.get(key, [])}
+        after = {json.dumps(e, sort_keys=True): e for e in new.elements.get(key, [])}
+        gone = [before[k] for k in sorted(set(before) - set(after))]
+        came = [after[k] for k in sorted(set(after) - set(before))]
+        target = {"family": family, "table": "qnf", "name": name}
+        if gone:
+            deletes.append({"delete": {"element": {**target, "elem": gone}}})
+        if came:
+            adds.append({"add": {"element": {**target, "elem": came}}})
+    return deletes + adds

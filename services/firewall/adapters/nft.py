@@ -28,8 +28,9 @@ def _load() -> Any:
     try:
         import nftables
     except ImportError as exc:  # pragma: no cover - a set-up problem, said clearly
-        raise AdapterError("the nftables Python binding is missing: apt-get install python3-nftables "
-                           "and run scripts/setup") from exc
+        raise AdapterError(
+            "the nftables Python binding is missing: apt-get install python3-nftables and run scripts/setup"
+        ) from exc
     nft = nftables.Nftables()
     nft.set_json_output(True)
     nft.set_handle_output(False)

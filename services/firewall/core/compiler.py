@@ -20,11 +20,11 @@ import hashlib
 import json
 from collections.abc import Iterable
 from dataclasses import dataclass
-from ipaddress import IPv4Address
+from ipaddress import IPv6Address, IPv6Network, ip_address, ip_network
 from typing import Any, Final
 
 from libs.common.messages import Endpoint
-from services.firewall.core.model import ALL_PORTS, Address, Grant, Model, Net
+from services.firewall.core.model import ALL_PORTS, Address, Grant, Model
 
 TABLE: Final = "qnf"
 FAMILY: Final = "inet"
@@ -39,7 +39,7 @@ class Compiled:
     """Structure and set elements; `elements` maps (family, set name) to canonical element JSON."""
 
     structure: list[Json]
-    elements: dict[tuple[str, str], list[Json]]
+    elements: dict[tuple[str, str], list[Any]]
 
     def full(self) -> list[Json]:
         """One transaction that replaces both tables (create-then-delete makes delete never fail)."""
@@ -50,7 +50,9 @@ class Compiled:
         cmds += self.structure
         for (family, name), elems in sorted(self.elements.items()):
             if elems:
-                cmds.append({"add": {"element": {"family": family, "table": TABLE, "name": name, "elem": elems}}})
+                cmds.append(
+                    {"add": {"element": {"family": family, "table": TABLE, "name": name, "elem": elems}}}
+                )
         return cmds
 
     def structure_digest(self) -> str:
@@ -60,15 +62,6 @@ class Compiled:
 def comment(owner: str) -> str:
     """Ownership tag of a rule: `qnf:<hash of owner>` then the owner itself, for attribution."""
     return f"qnf:{hashlib.sha256(owner.encode()).hexdigest()[:8]} {owner}"[:128]
-
-
-def _addr(a: Address | Net) -> Any:
-    if isinstance(a, IPv4Address) or not hasattr(a, "prefixlen"):
-        return str(a)
-    net: Net = a  # type: ignore[assignment]
-    if net.prefixlen == net.max_prefixlen:
-        return str(net.network_address)
-    return {"prefix": {"addr": str(net.network_address), "len": net.prefixlen}}
 
 
 def _range(lo: int, hi: int) -> Any:
@@ -82,7 +75,12 @@ def _v(version: int) -> str:
 def _sets(family: str, specs: Iterable[tuple[str, list[str], bool]]) -> list[Json]:
     out = []
     for name, types, interval in specs:
-        body: Json = {"family": family, "table": TABLE, "name": name, "type": types if len(types) > 1 else types[0]}
+        body: Json = {
+            "family": family,
+            "table": TABLE,
+            "name": name,
+            "type": types if len(types) > 1 else types[0],
+        }
         if interval:
             body["flags"] = ["interval"]
         out.append({"add": {"set": body}})
@@ -116,30 +114,110 @@ def _ip(version: int, which: str) -> Json:
     return _payload("ip" if version == 4 else "ip6", which)
 
 
-def _lookup_rules(chain: str, version: int, local: str, peer: str, prefix: str, verdict: Json,
-                  owner: str) -> list[Json]:
+def _lookup_rules(
+    chain: str, version: int, local: str, peer: str, prefix: str, verdict: Json, owner: str
+) -> list[Json]:
     """Two rules: (local . peer . proto . port) for port protocols, (local . peer . proto) for the rest."""
     v = _v(version)
     return [
-        _rule(FAMILY, chain, [
-            _match(_meta("l4proto"), {"set": list(PORT_PROTOS)}),
-            _match(_concat(_ip(version, local), _ip(version, peer), _meta("l4proto"), _payload("th", "dport")),
-                   f"@{prefix}{v}p"),
-            verdict,
-        ], owner),
-        _rule(FAMILY, chain, [
-            _match(_concat(_ip(version, local), _ip(version, peer), _meta("l4proto")), f"@{prefix}{v}a"),
-            verdict,
-        ], owner),
+        _rule(
+            FAMILY,
+            chain,
+            [
+                _match(_meta("l4proto"), {"set": list(PORT_PROTOS)}),
+                _match(
+                    _concat(
+                        _ip(version, local), _ip(version, peer), _meta("l4proto"), _payload("th", "dport")
+                    ),
+                    f"@{prefix}{v}p",
+                ),
+                verdict,
+            ],
+            owner,
+        ),
+        _rule(
+            FAMILY,
+            chain,
+            [
+                _match(_concat(_ip(version, local), _ip(version, peer), _meta("l4proto")), f"@{prefix}{v}a"),
+                verdict,
+            ],
+            owner,
+        ),
     ]
 
 
-def _element(g: Grant, with_port: bool) -> Json:
-    proto: Any = _range(0, 255) if g.proto is None else g.proto
-    if with_port:
-        lo, hi = g.ports or ALL_PORTS
-        return {"concat": [str(g.local), _addr(g.peer), proto, _range(lo, hi)]}
-    return {"concat": [str(g.local), _addr(g.peer), proto]}
+Box = tuple[int, int, int, int]  # (peer address lo, hi, second dimension lo, hi), inclusive
+
+
+def disjoint(boxes: Iterable[Box]) -> list[Box]:
+    """The union of `boxes` as non-overlapping boxes (interval sets reject overlapping elements).
+
+    Sweep the first dimension at every box edge; in each slice merge the second-dimension
+    intervals of the boxes covering it; then join neighbouring slices that came out equal.
+    """
+    items = sorted(set(boxes))
+    if not items:
+        return []
+    edges = sorted({b[0] for b in items} | {b[1] + 1 for b in items})
+    slices: list[tuple[int, int, list[tuple[int, int]]]] = []
+    for lo, nxt in zip(edges, edges[1:], strict=False):
+        covering = sorted((b[2], b[3]) for b in items if b[0] <= lo and b[1] >= nxt - 1)
+        merged: list[tuple[int, int]] = []
+        for a, z in covering:
+            if merged and a <= merged[-1][1] + 1:
+                merged[-1] = (merged[-1][0], max(merged[-1][1], z))
+            else:
+                merged.append((a, z))
+        if not merged:
+            continue
+        if slices and slices[-1][1] == lo - 1 and slices[-1][2] == merged:
+            slices[-1] = (slices[-1][0], nxt - 1, merged)
+        else:
+            slices.append((lo, nxt - 1, merged))
+    return [(lo, hi, a, z) for lo, hi, ranges in slices for a, z in ranges]
+
+
+def _addr_range(version: int, lo: int, hi: int) -> Any:
+    """An address interval in nft JSON: a single address, a prefix, or a range."""
+    if lo == hi:
+        return str(ip_address(lo) if version == 4 else IPv6Address(lo))
+    size = hi - lo + 1
+    bits = 32 if version == 4 else 128
+    if size & (size - 1) == 0 and lo % size == 0:
+        net = (
+            ip_network((lo, bits - size.bit_length() + 1))
+            if version == 4
+            else IPv6Network((lo, bits - size.bit_length() + 1))
+        )
+        return {"prefix": {"addr": str(net.network_address), "len": net.prefixlen}}
+    start = ip_address(lo) if version == 4 else IPv6Address(lo)
+    end = ip_address(hi) if version == 4 else IPv6Address(hi)
+    return {"range": [str(start), str(end)]}
+
+
+def _grant_elements(grants: Iterable[Grant]) -> dict[str, list[Any]]:
+    """Set elements ("p" and "a" suffixes) for grants of one set family, made disjoint per local address."""
+    ported: dict[tuple[Address, int], list[Box]] = {}
+    other: dict[Address, list[Box]] = {}
+    for g in grants:
+        lo, hi = int(g.peer.network_address), int(g.peer.broadcast_address)
+        if g.proto in PORT_PROTOS:
+            plo, phi = g.ports or ALL_PORTS
+            ported.setdefault((g.local, g.proto), []).append((lo, hi, plo, phi))
+        else:
+            proto_lo, proto_hi = (0, 255) if g.proto is None else (g.proto, g.proto)
+            other.setdefault(g.local, []).append((lo, hi, proto_lo, proto_hi))
+    out: dict[str, list[Any]] = {"p": [], "a": []}
+    for (local, proto), boxes in sorted(ported.items(), key=lambda kv: (int(kv[0][0]), kv[0][1])):
+        for lo, hi, plo, phi in disjoint(boxes):
+            out["p"].append(
+                {"concat": [str(local), _addr_range(local.version, lo, hi), proto, _range(plo, phi)]}
+            )
+    for local, boxes in sorted(other.items(), key=lambda kv: int(kv[0])):
+        for lo, hi, a, z in disjoint(boxes):
+            out["a"].append({"concat": [str(local), _addr_range(local.version, lo, hi), _range(a, z)]})
+    return out
 
 
 def _admin_set(g: Grant) -> str:
@@ -153,49 +231,78 @@ def compile_model(model: Model, endpoints: Iterable[Endpoint]) -> Compiled:
         {"add": {"table": {"family": FAMILY, "name": TABLE}}},
         {"add": {"table": {"family": BRIDGE_FAMILY, "name": TABLE}}},
     ]
-    elements: dict[tuple[str, str], list[Json]] = {}
+    elements: dict[tuple[str, str], list[Any]] = {}
 
-    def put(family: str, name: str, elems: Iterable[Json]) -> None:
+    def put(family: str, name: str, elems: Iterable[Any]) -> None:
         elements.setdefault((family, name), []).extend(elems)
 
     for v, addr_type in (("4", "ipv4_addr"), ("6", "ipv6_addr")):
-        structure += _sets(FAMILY, [
-            (f"local{v}", [addr_type], False),
-            (f"gw{v}", [addr_type], False),
-            (f"in_open{v}", [addr_type], False),
-            (f"eg_open{v}", [addr_type], False),
-            (f"in{v}p", [addr_type, addr_type, "inet_proto", "inet_service"], True),
-            (f"in{v}a", [addr_type, addr_type, "inet_proto"], True),
-            (f"eg{v}p", [addr_type, addr_type, "inet_proto", "inet_service"], True),
-            (f"eg{v}a", [addr_type, addr_type, "inet_proto"], True),
-        ])
+        structure += _sets(
+            FAMILY,
+            [
+                (f"local{v}", [addr_type], False),
+                (f"gw{v}", [addr_type], False),
+                (f"in_open{v}", [addr_type], False),
+                (f"eg_open{v}", [addr_type], False),
+                (f"in{v}p", [addr_type, addr_type, "inet_proto", "inet_service"], True),
+                (f"in{v}a", [addr_type, addr_type, "inet_proto"], True),
+                (f"eg{v}p", [addr_type, addr_type, "inet_proto", "inet_service"], True),
+                (f"eg{v}a", [addr_type, addr_type, "inet_proto"], True),
+            ],
+        )
         version = int(v)
         put(FAMILY, f"local{v}", [str(a) for a in sorted(a for a in model.local if a.version == version)])
         put(FAMILY, f"gw{v}", [str(a) for a in sorted(a for a in model.gateways if a.version == version)])
-        put(FAMILY, f"in_open{v}", [str(a) for a in sorted(a for a in model.open_ingress if a.version == version)])
-        put(FAMILY, f"eg_open{v}", [str(a) for a in sorted(a for a in model.open_egress if a.version == version)])
+        put(
+            FAMILY,
+            f"in_open{v}",
+            [str(a) for a in sorted(a for a in model.open_ingress if a.version == version)],
+        )
+        put(
+            FAMILY,
+            f"eg_open{v}",
+            [str(a) for a in sorted(a for a in model.open_egress if a.version == version)],
+        )
 
     admin = [g for g in model.grants if g.tier == "admin"]
     admin_sets: dict[str, list[Grant]] = {}
     for g in admin:
         admin_sets.setdefault(_admin_set(g), []).append(g)
+    normal: dict[str, list[Grant]] = {}
     for g in model.grants:
-        if g.tier != "normal":
-            continue
-        prefix = "in" if g.direction == "ingress" else "eg"
-        with_port = g.proto in PORT_PROTOS
-        put(FAMILY, f"{prefix}{_v(g.local.version)}{'p' if with_port else 'a'}", [_element(g, with_port)])
+        if g.tier == "normal":
+            normal.setdefault(
+                f"{'in' if g.direction == 'ingress' else 'eg'}{_v(g.local.version)}", []
+            ).append(g)
+    for prefix, grants in normal.items():
+        for suffix, elems in _grant_elements(grants).items():
+            put(FAMILY, prefix + suffix, elems)
 
     # Chains. Base chains accept by default: traffic of no fabric endpoint is not ours to judge.
     for name, hook in (("forward", "forward"), ("input", "input"), ("output", "output")):
-        structure.append({"add": {"chain": {"family": FAMILY, "table": TABLE, "name": name, "type": "filter",
-                                            "hook": hook, "prio": 0, "policy": "accept"}}})
+        structure.append(
+            {
+                "add": {
+                    "chain": {
+                        "family": FAMILY,
+                        "table": TABLE,
+                        "name": name,
+                        "type": "filter",
+                        "hook": hook,
+                        "prio": 0,
+                        "policy": "accept",
+                    }
+                }
+            }
+        )
     for name in ("egress", "ingress", "egress_normal", "ingress_normal"):
         structure.append({"add": {"chain": {"family": FAMILY, "table": TABLE, "name": name}}})
 
     established = _match({"ct": {"key": "state"}}, ["established", "related"], "in")
-    nd = _match(_payload("icmpv6", "type"), {"set": ["nd-neighbor-solicit", "nd-neighbor-advert",
-                                                     "nd-router-solicit", "nd-router-advert"]})
+    nd = _match(
+        _payload("icmpv6", "type"),
+        {"set": ["nd-neighbor-solicit", "nd-neighbor-advert", "nd-router-solicit", "nd-router-advert"]},
+    )
     for chain in ("forward", "input", "output"):
         structure.append(_rule(FAMILY, chain, [established, {"accept": None}]))
         structure.append(_rule(FAMILY, chain, [nd, {"accept": None}]))
@@ -207,8 +314,13 @@ def compile_model(model: Model, endpoints: Iterable[Endpoint]) -> Compiled:
         structure.append(_rule(FAMILY, "forward", [fabric_src, invalid, {"counter": None}, {"drop": None}]))
         structure.append(_rule(FAMILY, "forward", [fabric_src, {"jump": {"target": "egress"}}]))
         structure.append(_rule(FAMILY, "forward", [fabric_dst, {"jump": {"target": "ingress"}}]))
-        dns = [fabric_src, _match(_ip(version, "daddr"), f"@gw{v}"),
-               _match(_meta("l4proto"), {"set": [6, 17]}), _match(_payload("th", "dport"), 53), {"accept": None}]
+        dns = [
+            fabric_src,
+            _match(_ip(version, "daddr"), f"@gw{v}"),
+            _match(_meta("l4proto"), {"set": [6, 17]}),
+            _match(_payload("th", "dport"), 53),
+            {"accept": None},
+        ]
         structure.append(_rule(FAMILY, "input", dns, "dns to the fabric resolver"))
         structure.append(_rule(FAMILY, "input", [fabric_src, {"jump": {"target": "egress"}}]))
         structure.append(_rule(FAMILY, "output", [fabric_dst, {"jump": {"target": "ingress"}}]))
@@ -218,11 +330,15 @@ def compile_model(model: Model, endpoints: Iterable[Endpoint]) -> Compiled:
         g = grants[0]
         version = g.local.version
         addr_type = "ipv4_addr" if version == 4 else "ipv6_addr"
-        structure += _sets(FAMILY, [(set_name + "p", [addr_type, addr_type, "inet_proto", "inet_service"], True),
-                                    (set_name + "a", [addr_type, addr_type, "inet_proto"], True)])
-        for x in grants:
-            with_port = x.proto in PORT_PROTOS
-            put(FAMILY, set_name + ("p" if with_port else "a"), [_element(x, with_port)])
+        structure += _sets(
+            FAMILY,
+            [
+                (set_name + "p", [addr_type, addr_type, "inet_proto", "inet_service"], True),
+                (set_name + "a", [addr_type, addr_type, "inet_proto"], True),
+            ],
+        )
+        for suffix, elems in _grant_elements(grants).items():
+            put(FAMILY, set_name + suffix, elems)
         chain = g.direction
         if g.action == "Allow":
             verdict: Json = {"accept": None} if chain == "ingress" else {"return": None}
@@ -238,13 +354,17 @@ def compile_model(model: Model, endpoints: Iterable[Endpoint]) -> Compiled:
     for chain in ("egress", "ingress"):
         structure.append(_rule(FAMILY, chain, [{"goto": {"target": f"{chain}_normal"}}]))
 
-    for chain, local, peer, prefix, allow in (("egress_normal", "saddr", "daddr", "eg", {"return": None}),
-                                             ("ingress_normal", "daddr", "saddr", "in", {"accept": None})):
+    for chain, local, peer, prefix, allow in (
+        ("egress_normal", "saddr", "daddr", "eg", {"return": None}),
+        ("ingress_normal", "daddr", "saddr", "in", {"accept": None}),
+    ):
         for version in (4, 6):
             v = _v(version)
             structure.append(_rule(FAMILY, chain, [_match(_ip(version, local), f"@{prefix}_open{v}"), allow]))
             structure += _lookup_rules(chain, version, local, peer, prefix, allow, None)  # type: ignore[arg-type]
-        structure.append(_rule(FAMILY, chain, [{"counter": None}, {"drop": None}], f"default deny {chain[:-7]}"))
+        structure.append(
+            _rule(FAMILY, chain, [{"counter": None}, {"drop": None}], f"default deny {chain[:-7]}")
+        )
 
     _anti_spoofing(structure, elements, endpoints)
     for key in elements:
@@ -252,26 +372,62 @@ def compile_model(model: Model, endpoints: Iterable[Endpoint]) -> Compiled:
     return Compiled(structure, dict(sorted(elements.items())))
 
 
-def _dedupe(elems: list[Json]) -> list[Json]:
-    seen: dict[str, Json] = {}
+def _dedupe(elems: list[Any]) -> list[Any]:
+    seen: dict[str, Any] = {}
     for e in elems:
         seen.setdefault(json.dumps(e, sort_keys=True), e)
     return [seen[k] for k in sorted(seen)]
 
 
-def _anti_spoofing(structure: list[Json], elements: dict[tuple[str, str], list[Json]],
-                   endpoints: Iterable[Endpoint]) -> None:
+def _anti_spoofing(
+    structure: list[Json], elements: dict[tuple[str, str], list[Any]], endpoints: Iterable[Endpoint]
+) -> None:
     """bridge qnf: a packet from a fabric veth must carry that endpoint's MAC and address."""
     structure += [
         {"add": {"set": {"family": BRIDGE_FAMILY, "table": TABLE, "name": "ports", "type": "ifname"}}},
-        {"add": {"set": {"family": BRIDGE_FAMILY, "table": TABLE, "name": "portmac",
-                         "type": ["ifname", "ether_addr"]}}},
-        {"add": {"set": {"family": BRIDGE_FAMILY, "table": TABLE, "name": "src4",
-                         "type": ["ifname", "ether_addr", "ipv4_addr"]}}},
-        {"add": {"set": {"family": BRIDGE_FAMILY, "table": TABLE, "name": "src6",
-                         "type": ["ifname", "ether_addr", "ipv6_addr"]}}},
-        {"add": {"chain": {"family": BRIDGE_FAMILY, "table": TABLE, "name": "prerouting", "type": "filter",
-                           "hook": "prerouting", "prio": -300, "policy": "accept"}}},
+        {
+            "add": {
+                "set": {
+                    "family": BRIDGE_FAMILY,
+                    "table": TABLE,
+                    "name": "portmac",
+                    "type": ["ifname", "ether_addr"],
+                }
+            }
+        },
+        {
+            "add": {
+                "set": {
+                    "family": BRIDGE_FAMILY,
+                    "table": TABLE,
+                    "name": "src4",
+                    "type": ["ifname", "ether_addr", "ipv4_addr"],
+                }
+            }
+        },
+        {
+            "add": {
+                "set": {
+                    "family": BRIDGE_FAMILY,
+                    "table": TABLE,
+                    "name": "src6",
+                    "type": ["ifname", "ether_addr", "ipv6_addr"],
+                }
+            }
+        },
+        {
+            "add": {
+                "chain": {
+                    "family": BRIDGE_FAMILY,
+                    "table": TABLE,
+                    "name": "prerouting",
+                    "type": "filter",
+                    "hook": "prerouting",
+                    "prio": -300,
+                    "policy": "accept",
+                }
+            }
+        },
         {"add": {"chain": {"family": BRIDGE_FAMILY, "table": TABLE, "name": "antispoof"}}},
     ]
     iif = _meta("iifname")
@@ -283,24 +439,65 @@ def _anti_spoofing(structure: list[Json], elements: dict[tuple[str, str], list[J
             body["comment"] = comment(owner)
         return {"add": {"rule": body}}
 
-    structure.append({"add": {"rule": {"family": BRIDGE_FAMILY, "table": TABLE, "chain": "prerouting",
-                                       "expr": [_match(iif, "@ports"), {"jump": {"target": "antispoof"}}]}}})
+    structure.append(
+        {
+            "add": {
+                "rule": {
+                    "family": BRIDGE_FAMILY,
+                    "table": TABLE,
+                    "chain": "prerouting",
+                    "expr": [_match(iif, "@ports"), {"jump": {"target": "antispoof"}}],
+                }
+            }
+        }
+    )
     ether_type = _payload("ether", "type")
     structure += [
-        rule([_match(ether_type, "arp"), _match(_concat(iif, _payload("arp", "saddr ether")), "@portmac"),
-              _match(_concat(iif, ether_src, _payload("arp", "saddr ip")), "@src4"), {"accept": None}]),
-        rule([_match(ether_type, "ip"), _match(_concat(iif, ether_src, _payload("ip", "saddr")), "@src4"),
-              {"accept": None}]),
-        rule([_match(ether_type, "ip6"), _match(_concat(iif, ether_src, _payload("ip6", "saddr")), "@src6"),
-              {"accept": None}]),
+        rule(
+            [
+                _match(ether_type, "arp"),
+                _match(_concat(iif, _payload("arp", "saddr ether")), "@portmac"),
+                _match(_concat(iif, ether_src, _payload("arp", "saddr ip")), "@src4"),
+                {"accept": None},
+            ]
+        ),
+        rule(
+            [
+                _match(ether_type, "ip"),
+                _match(_concat(iif, ether_src, _payload("ip", "saddr")), "@src4"),
+                {"accept": None},
+            ]
+        ),
+        rule(
+            [
+                _match(ether_type, "ip6"),
+                _match(_concat(iif, ether_src, _payload("ip6", "saddr")), "@src6"),
+                {"accept": None},
+            ]
+        ),
         # IPv6 link-local and duplicate address detection, from the port's own MAC only.
-        rule([_match(ether_type, "ip6"), _match(_concat(iif, ether_src), "@portmac"),
-              _match(_payload("ip6", "saddr"), {"prefix": {"addr": "fe80::", "len": 10}}), {"accept": None}]),
-        rule([_match(ether_type, "ip6"), _match(_concat(iif, ether_src), "@portmac"),
-              _match(_payload("ip6", "saddr"), "::"), {"accept": None}]),
+        rule(
+            [
+                _match(ether_type, "ip6"),
+                _match(_concat(iif, ether_src), "@portmac"),
+                _match(_payload("ip6", "saddr"), {"prefix": {"addr": "fe80::", "len": 10}}),
+                {"accept": None},
+            ]
+        ),
+        rule(
+            [
+                _match(ether_type, "ip6"),
+                _match(_concat(iif, ether_src), "@portmac"),
+                _match(_payload("ip6", "saddr"), "::"),
+                {"accept": None},
+            ]
+        ),
         rule([{"counter": None}, {"drop": None}], "anti-spoofing"),
     ]
-    ports, portmac, src4, src6 = [], [], [], []
+    ports: list[Any] = []
+    portmac: list[Any] = []
+    src4: list[Any] = []
+    src6: list[Any] = []
     for e in sorted(endpoints, key=lambda e: e.host_ifname):
         ports.append(e.host_ifname)
         portmac.append({"concat": [e.host_ifname, e.mac]})

@@ -17,8 +17,9 @@ def _proto(query: FlowQuery) -> int:
     return PROTOCOLS[query.protocol]
 
 
-def _direction(model: Model, direction: Direction, local: Address, peer: Address, proto: int,
-               port: int | None) -> Verdict | None:
+def _direction(
+    model: Model, direction: Direction, local: Address, peer: Address, proto: int, port: int | None
+) -> Verdict | None:
     """The verdict of one side, or None if it allows (so the other side decides)."""
     name = model.by_address[local].name if local in model.by_address else str(local)
     for g in model.grants:
@@ -26,17 +27,32 @@ def _direction(model: Model, direction: Direction, local: Address, peer: Address
             continue
         if grant_matches(g, peer, proto, port):
             if g.action == "Deny":
-                return Verdict(allowed=False, reason=f"admin policy denies {direction} of {name}",
-                               policy=g.policy, rule=g.rule, direction=direction)
+                return Verdict(
+                    allowed=False,
+                    reason=f"admin policy denies {direction} of {name}",
+                    policy=g.policy,
+                    rule=g.rule,
+                    direction=direction,
+                )
             if g.action == "Allow":
-                return Verdict(allowed=True, reason=f"admin policy allows {direction} of {name}",
-                               policy=g.policy, rule=g.rule, direction=direction)
+                return Verdict(
+                    allowed=True,
+                    reason=f"admin policy allows {direction} of {name}",
+                    policy=g.policy,
+                    rule=g.rule,
+                    direction=direction,
+                )
             break  # Pass: on to the normal tier
     opened = model.open_ingress if direction == "ingress" else model.open_egress
     if local in opened:
         return None
     for g in model.grants:
-        if g.tier == "normal" and g.direction == direction and g.local == local and grant_matches(g, peer, proto, port):
+        if (
+            g.tier == "normal"
+            and g.direction == direction
+            and g.local == local
+            and grant_matches(g, peer, proto, port)
+        ):
             return None
     return Verdict(allowed=False, reason=f"no policy allows {direction} of {name}", direction=direction)
 
@@ -61,11 +77,13 @@ def explain(model: Model, query: FlowQuery) -> Verdict:
             return verdict
     if deciding is not None:
         return deciding
-    return Verdict(allowed=True, reason=_allowed_reason(model, src, dst, proto, query.port))
+    return _allowed(model, src, dst, proto, query.port)
 
 
-def _allowed_reason(model: Model, src: Address, dst: Address, proto: int, port: int | None) -> str:
-    parts = []
+def _allowed(model: Model, src: Address, dst: Address, proto: int, port: int | None) -> Verdict:
+    """An allowed flow: the reasons of both ends; the destination's grant (else the source's) decides."""
+    parts: list[str] = []
+    deciding: tuple[str, str, Direction] | None = None
     for direction, local, peer in (("egress", src, dst), ("ingress", dst, src)):
         if local not in model.local:
             continue
@@ -73,7 +91,17 @@ def _allowed_reason(model: Model, src: Address, dst: Address, proto: int, port: 
         if local in opened:
             parts.append(f"{direction} of {local} is not isolated")
             continue
-        g = next(g for g in model.grants if g.tier == "normal" and g.direction == direction and g.local == local
-                 and grant_matches(g, peer, proto, port))
+        g = next(
+            g
+            for g in model.grants
+            if g.tier == "normal"
+            and g.direction == direction
+            and g.local == local
+            and grant_matches(g, peer, proto, port)
+        )
         parts.append(f"{direction} allowed by {g.policy} {g.rule}")
-    return "; ".join(parts) or "neither end is a fabric endpoint on this node"
+        deciding = (g.policy, g.rule, direction)  # type: ignore[assignment]
+    reason = "; ".join(parts) or "neither end is a fabric endpoint on this node"
+    if deciding is None:
+        return Verdict(allowed=True, reason=reason)
+    return Verdict(allowed=True, reason=reason, policy=deciding[0], rule=deciding[1], direction=deciding[2])

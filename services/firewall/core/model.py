@@ -102,18 +102,23 @@ def _outside(networks: Iterable[Network], keep: Network | None) -> list[Net]:
     for world in WORLD:
         parts: list[Net] = [world]
         for sub in (s for s in fabric if s.version == world.version):
-            nxt: list[Net] = []
-            for part in parts:
-                if sub.subnet_of(part):  # type: ignore[arg-type]
-                    nxt.extend(part.address_exclude(sub))  # type: ignore[arg-type]
-                elif part.subnet_of(sub):  # type: ignore[arg-type]
-                    continue
-                else:
-                    nxt.append(part)
-            parts = nxt
-        out.extend(collapse_addresses(parts))  # type: ignore[arg-type]
+            parts = _exclude(parts, sub)
+        out.extend(collapse_addresses(parts))  # type: ignore[type-var]
     if keep is not None:
         out.extend(_subnets(keep))
+    return out
+
+
+def _exclude(parts: list[Net], hole: Net) -> list[Net]:
+    """`parts` minus `hole` (all of one IP version), as a list of networks."""
+    out: list[Net] = []
+    for part in parts:
+        if part.version != hole.version:
+            out.append(part)
+        elif hole.subnet_of(part):  # type: ignore[arg-type]
+            out.extend(part.address_exclude(hole))  # type: ignore[arg-type]
+        elif not part.subnet_of(hole):  # type: ignore[arg-type]
+            out.append(part)
     return out
 
 
@@ -133,18 +138,23 @@ class _World:
         if peer.ip_block is not None:
             parts: list[Net] = [peer.ip_block.cidr]
             for ex in peer.ip_block.except_:
-                parts = [p for part in parts for p in (part.address_exclude(ex)  # type: ignore[arg-type]
-                         if ex.subnet_of(part) else ([] if part.subnet_of(ex) else [part]))]  # type: ignore[arg-type]
+                parts = _exclude(parts, ex)
             return parts
         if peer.identity is not None:
-            return [_host(a) for e in self.endpoints if fnmatch.fnmatchcase(e.identity, peer.identity)
-                    for a in _addresses(e)]
+            return [
+                _host(a)
+                for e in self.endpoints
+                if fnmatch.fnmatchcase(e.identity, peer.identity)
+                for a in _addresses(e)
+            ]
         if peer.network_selector is not None:
             nets = self.networks_matching(peer.network_selector)
             if peer.endpoint_selector is None:
                 return [s for n in nets for s in _subnets(n)]
             names = {n.name for n in nets}
-            return [_host(a) for e in self.peer_endpoints(peer.endpoint_selector, names) for a in _addresses(e)]
+            return [
+                _host(a) for e in self.peer_endpoints(peer.endpoint_selector, names) for a in _addresses(e)
+            ]
         assert peer.endpoint_selector is not None
         scope = {home.name} if home is not None else set(self.networks)
         return [_host(a) for e in self.peer_endpoints(peer.endpoint_selector, scope) for a in _addresses(e)]
@@ -162,8 +172,11 @@ class _World:
     def named_port_endpoints(self, rule: PolicyRule, home: Network | None) -> list[Endpoint]:
         """Endpoints among a rule's peers (where an egress named port can be resolved)."""
         if not rule.peers:
-            return [e for e in self.endpoints if home is None or e.network == home.name
-                    or home.isolation == "default-allow"]
+            return [
+                e
+                for e in self.endpoints
+                if home is None or e.network == home.name or home.isolation == "default-allow"
+            ]
         out: list[Endpoint] = []
         for peer in rule.peers:
             if peer.ip_block is not None:
@@ -171,8 +184,11 @@ class _World:
             if peer.identity is not None:
                 out += [e for e in self.endpoints if fnmatch.fnmatchcase(e.identity, peer.identity)]
                 continue
-            names = ({n.name for n in self.networks_matching(peer.network_selector)}
-                     if peer.network_selector is not None else ({home.name} if home else set(self.networks)))
+            names = (
+                {n.name for n in self.networks_matching(peer.network_selector)}
+                if peer.network_selector is not None
+                else ({home.name} if home else set(self.networks))
+            )
             out += self.peer_endpoints(peer.endpoint_selector or LabelSelector(), names)
         return out
 
@@ -198,17 +214,37 @@ def _icmp_for(proto: int, local: Address) -> int:
     return ICMP6 if proto == ICMP4 and local.version == 6 else proto
 
 
-def _grants_for_rule(world: _World, policy: Policy, rule: PolicyRule, where: str, direction: Direction,
-                     selected: Endpoint, home: Network | None, tier: str,
-                     order: tuple[int, str, int]) -> list[Grant]:
+def _grants_for_rule(
+    world: _World,
+    policy: Policy,
+    rule: PolicyRule,
+    where: str,
+    direction: Direction,
+    selected: Endpoint,
+    home: Network | None,
+    tier: Literal["admin", "normal"],
+    order: tuple[int, str, int],
+) -> list[Grant]:
     out: list[Grant] = []
     peers = world.rule_peers(rule, home)
 
     def add(local: Address, peer: Net, proto: int | None, ports: tuple[int, int] | None) -> None:
         if peer.version != local.version:
             return
-        out.append(Grant(direction, local, peer, None if proto is None else _icmp_for(proto, local), ports,
-                         policy.name, where, tier, rule.action, order))  # type: ignore[arg-type]
+        out.append(
+            Grant(
+                direction,
+                local,
+                peer,
+                None if proto is None else _icmp_for(proto, local),
+                ports,
+                policy.name,
+                where,
+                tier,
+                rule.action,
+                order,
+            )
+        )
 
     for local in _addresses(selected):
         if not rule.ports:
@@ -230,8 +266,13 @@ def _grants_for_rule(world: _World, policy: Policy, rule: PolicyRule, where: str
     return out
 
 
-def build(networks: Sequence[Network], endpoints: Sequence[Endpoint], policies: Sequence[Policy],
-          *, node: str | None = None) -> Model:
+def build(
+    networks: Sequence[Network],
+    endpoints: Sequence[Endpoint],
+    policies: Sequence[Policy],
+    *,
+    node: str | None = None,
+) -> Model:
     """The grants and open directions of every endpoint on `node` (None: every endpoint)."""
     world = _World(networks, endpoints)
     local_eps = [e for e in endpoints if (node is None or e.node == node) and e.network in world.networks]
@@ -249,17 +290,40 @@ def build(networks: Sequence[Network], endpoints: Sequence[Endpoint], policies: 
                 opened.update(_addresses(ep))
             for p in relevant:
                 for i, rule in enumerate(getattr(p, direction)):
-                    grants += _grants_for_rule(world, p, rule, f"{direction}[{i}]", direction,  # type: ignore[arg-type]
-                                               ep, net, "normal", (0, "", 0))
+                    grants += _grants_for_rule(
+                        world,
+                        p,
+                        rule,
+                        f"{direction}[{i}]",
+                        direction,  # type: ignore[arg-type]
+                        ep,
+                        net,
+                        "normal",
+                        (0, "", 0),
+                    )
         for p in admin:
-            subject_nets = (world.networks_matching(p.network_selector) if p.network_selector is not None
-                            else list(world.networks.values()))
-            if ep.network not in {n.name for n in subject_nets} or not matches(p.endpoint_selector, ep.labels):
+            subject_nets = (
+                world.networks_matching(p.network_selector)
+                if p.network_selector is not None
+                else list(world.networks.values())
+            )
+            if ep.network not in {n.name for n in subject_nets} or not matches(
+                p.endpoint_selector, ep.labels
+            ):
                 continue
             for direction in ("ingress", "egress"):
                 for i, rule in enumerate(getattr(p, direction)):
-                    grants += _grants_for_rule(world, p, rule, f"{direction}[{i}]", direction,  # type: ignore[arg-type]
-                                               ep, None, "admin", (p.priority, p.name, i))
+                    grants += _grants_for_rule(
+                        world,
+                        p,
+                        rule,
+                        f"{direction}[{i}]",
+                        direction,  # type: ignore[arg-type]
+                        ep,
+                        None,
+                        "admin",
+                        (p.priority, p.name, i),
+                    )
     gateways = {n.gateway for n in networks} | {n.gateway6 for n in networks if n.gateway6 is not None}
     return Model(
         grants=tuple(sorted(set(grants), key=_grant_key)),
@@ -272,8 +336,20 @@ def build(networks: Sequence[Network], endpoints: Sequence[Endpoint], policies: 
 
 
 def _grant_key(g: Grant) -> tuple[object, ...]:
-    return (g.tier != "admin", g.order, g.direction, g.local.version, int(g.local), g.peer.version,
-            int(g.peer.network_address), g.peer.prefixlen, g.proto or -1, g.ports or (-1, -1), g.policy, g.rule)
+    return (
+        g.tier != "admin",
+        g.order,
+        g.direction,
+        g.local.version,
+        int(g.local),
+        g.peer.version,
+        int(g.peer.network_address),
+        g.peer.prefixlen,
+        g.proto or -1,
+        g.ports or (-1, -1),
+        g.policy,
+        g.rule,
+    )
 
 
 def grant_matches(g: Grant, peer: Address, proto: int, port: int | None) -> bool:

@@ -23,8 +23,11 @@ def _selector(sel: LabelSelector | None, where: str) -> None:
 
 
 def _peer(peer: Peer, where: str) -> None:
-    kinds = [peer.endpoint_selector is not None or peer.network_selector is not None,
-             peer.ip_block is not None, peer.identity is not None]
+    kinds = [
+        peer.endpoint_selector is not None or peer.network_selector is not None,
+        peer.ip_block is not None,
+        peer.identity is not None,
+    ]
     if sum(kinds) != 1:
         raise PolicyRejected(f"{where}: a peer is exactly one of selectors, ipBlock or identity")
     _selector(peer.endpoint_selector, f"{where}.endpointSelector")

@@ -76,6 +76,22 @@ def _family(addr: Interface) -> int:
     return socket.AF_INET if isinstance(addr, IPv4Interface) else socket.AF_INET6
 
 
+def _ensure_forwarding() -> None:
+    """The node routes between its networks (and to the world): IP forwarding on, as Docker does.
+
+    Per network namespace: this is the node's own setting, wherever the agent runs.
+    """
+    for path in ("/proc/sys/net/ipv4/ip_forward", "/proc/sys/net/ipv6/conf/all/forwarding"):
+        try:
+            with open(path) as f:
+                if f.read().strip() == "1":
+                    continue
+            with open(path, "w") as f:
+                f.write("1")
+        except OSError as exc:
+            raise AdapterError(f"cannot enable forwarding ({path}): {exc.strerror}") from exc
+
+
 class PyrouteDataplane:
     """The node's links, in this process's network namespace."""
 
@@ -104,7 +120,8 @@ class PyrouteDataplane:
                 raise AdapterError(f"{what}: adding {addr}: {os.strerror(exc.code)}") from exc
 
     def ensure_bridge(self, plan: BridgePlan) -> None:
-        """Create the bridge if missing; set MTU, gateway addresses, up."""
+        """Create the bridge if missing; set MTU, gateway addresses, up; let the node route."""
+        _ensure_forwarding()
         with _netlink(f"bridge {plan.name}"):
             if self._index(self._ipr, plan.name) is None:
                 try:
