@@ -14,7 +14,8 @@ record and event the agent makes from the request is signed as usual.
 from __future__ import annotations
 
 import _socket
-import json
+
+from cni.wire import dumps, loads
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -47,7 +48,7 @@ def call(state_dir: str, verb: str, body: dict[str, Any], *, timeout: float = 30
             sock.connect(path)
         except OSError as exc:
             raise AgentUnreachable(f"no vnet agent at {path}: {exc.strerror}") from exc
-        sock.sendall(json.dumps({"verb": verb, "body": body}).encode() + b"\n")
+        sock.sendall(dumps({"verb": verb, "body": body}).encode() + b"\n")
         chunks = []
         while True:
             try:
@@ -63,7 +64,7 @@ def call(state_dir: str, verb: str, body: dict[str, Any], *, timeout: float = 30
         sock.close()
     if not chunks:
         raise AgentUnreachable("vnet agent closed the connection without an answer")
-    reply = json.loads(b"".join(chunks))
+    reply = loads(b"".join(chunks))
     if "error" in reply:
         raise AgentError(reply["error"].get("code", "internal"), reply["error"].get("message", ""))
     return reply.get("ok") or {}

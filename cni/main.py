@@ -6,7 +6,6 @@ it in-process; `main()` only wires in the real process environment.
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 
@@ -27,6 +26,7 @@ from cni.spec import (
     requested_ips,
     result,
 )
+from cni.wire import dumps
 
 try:  # the C module directly: hashlib would load OpenSSL's bindings (~3 ms per exec)
     from _sha256 import sha256  # type: ignore[import-not-found]
@@ -106,7 +106,7 @@ def _write_pending(inv: Invocation, body: dict[str, Any]) -> None:
     key = sha256(f"{inv.container_id}\0{inv.ifname}".encode()).hexdigest()[:24]
     tmp = f"{directory}/.{key}.tmp"
     with open(tmp, "w") as f:
-        json.dump(body, f)
+        f.write(dumps(body))
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, f"{directory}/{key}.json")
@@ -167,16 +167,15 @@ def dispatch(environ: dict[str, str], stdin: bytes, stdout: IO[str]) -> int:
         version = inv.version if inv.config else LATEST
         out = COMMANDS[inv.command](inv)
     except CniError as exc:
-        json.dump(exc.to_json(version), stdout)
-        stdout.write("\n")
+        stdout.write(dumps(exc.to_json(version)) + "\n")
         return 1
     except Exception as exc:  # a bug: report it in the spec's format rather than a traceback
-        json.dump(CniError(INTERNAL, "internal error in the qnf plugin", repr(exc)).to_json(version), stdout)
-        stdout.write("\n")
+        stdout.write(
+            dumps(CniError(INTERNAL, "internal error in the qnf plugin", repr(exc)).to_json(version)) + "\n"
+        )
         return 1
     if out is not None:
-        json.dump(out, stdout)
-        stdout.write("\n")
+        stdout.write(dumps(out) + "\n")
     return 0
 
 

@@ -179,6 +179,8 @@ class Bus:
     metrics: BusMetrics
     request_timeout: float = 5.0
     _limiter: _EventLimiter = field(default_factory=lambda: _EventLimiter(rate=20, burst=50))
+    _outbox: asyncio.Queue[tuple[str, bytes, str]] | None = None
+    _publisher: asyncio.Task[None] | None = None
 
     @property
     def identity(self) -> SpiffeId:
@@ -245,9 +247,13 @@ class Bus:
         )
 
     async def close(self) -> None:
-        """Drain (deliver what is in flight) when connected; otherwise just close."""
+        """Publish queued events, drain (deliver what is in flight) when connected; else just close."""
         if self.nc.is_closed:
             return
+        if self.nc.is_connected:
+            await self.flush_events()
+        if self._publisher is not None:
+            self._publisher.cancel()
         if self.nc.is_connected:
             try:
                 await self.nc.drain()
@@ -290,15 +296,50 @@ class Bus:
             raise from_code(headers[ERROR_CODE_HEADER], headers.get(ERROR_HEADER, ""))
         return reply_type.model_validate_json(msg.data)
 
-    async def publish_event(self, what: str, payload: BaseModel, *, kind: str = "event") -> None:
-        """Publish an event into QNF_EVENTS and wait for the stream's ack."""
-        subject = event_subject(self.service, what)
-        body = payload.model_dump_json().encode()
-        js = self.nc.jetstream()
-        await js.publish(subject, body, headers=self.sign(subject, body), timeout=self.request_timeout)
-        self.metrics.events.labels(self.service, kind).inc()
+    def emit(self, what: str, payload: BaseModel, *, kind: str = "event") -> None:
+        """Queue an event for QNF_EVENTS; a background task publishes it in order, awaiting acks.
 
-    async def security_event(self, reason: str, subject: str, claimed: str | None) -> None:
+        Handlers never wait for the stream: replying to a caller must not cost an fsync of the
+        event store. `close()` flushes what is queued.
+        """
+        if self._outbox is None:
+            self._outbox = asyncio.Queue(maxsize=10_000)
+            self._publisher = asyncio.create_task(self._publish_loop())
+        item = (event_subject(self.service, what), payload.model_dump_json().encode(), kind)
+        try:
+            self._outbox.put_nowait(item)
+        except asyncio.QueueFull:
+            self.metrics.events_dropped.labels(self.service).inc()
+
+    async def _publish_loop(self) -> None:
+        assert self._outbox is not None
+        js = self.nc.jetstream()
+        while True:
+            subject, body, kind = await self._outbox.get()
+            for attempt in range(3):
+                try:
+                    await js.publish(
+                        subject, body, headers=self.sign(subject, body), timeout=self.request_timeout
+                    )
+                    self.metrics.events.labels(self.service, kind).inc()
+                    break
+                except (TimeoutError, nats.errors.Error, nats.js.errors.Error) as exc:
+                    if attempt == 2 or self.nc.is_closed:
+                        log.warning("dropping event %s: %s", subject, exc)
+                        self.metrics.events_dropped.labels(self.service).inc()
+                    else:
+                        await asyncio.sleep(0.2 * (attempt + 1))
+            self._outbox.task_done()
+
+    async def flush_events(self, timeout: float = 5.0) -> None:
+        """Wait until every queued event is published (or given up)."""
+        if self._outbox is not None:
+            try:
+                await asyncio.wait_for(self._outbox.join(), timeout)
+            except TimeoutError:
+                log.warning("%d events not published before the deadline", self._outbox.qsize())
+
+    def security_event(self, reason: str, subject: str, claimed: str | None) -> None:
         """Count a rejection, and publish it as a security event unless the rate limit says no."""
         self.metrics.rejected.labels(self.service, reason).inc()
         if not self._limiter.allow():
@@ -311,10 +352,7 @@ class Bus:
             claimed_sender=(claimed or None) and claimed[:256],
             ts_ms=int(time.time() * 1000),
         )
-        try:
-            await self.publish_event("security.rejected", event, kind="security")
-        except (TimeoutError, nats.errors.Error, nats.js.errors.Error) as exc:
-            log.warning("could not publish security event: %s", exc)
+        self.emit("security.rejected", event, kind="security")
 
 
 async def live_instances(bus: Bus, service: str, *, wait: float = 0.3) -> set[str]:
@@ -377,7 +415,7 @@ def _make_handler(bus: Bus, ep: Endpoint[Any, Any], serializer: KeyedSerializer)
             log.warning("rejected %s: %s", msg.subject, exc.detail, extra={"reason": exc.reason})
             code = _REJECT_CODES.get(exc.reason, "unauthorized")
             await respond_error(bus, request, ErrorReply(code=code, message=f"request rejected: {code}"))
-            await bus.security_event(exc.reason, msg.subject, (msg.headers or {}).get("Qnf-Sender"))
+            bus.security_event(exc.reason, msg.subject, (msg.headers or {}).get("Qnf-Sender"))
             return
         try:
             req = ep.request.model_validate_json(msg.data)

@@ -40,6 +40,12 @@ class BusMetrics:
             buckets=LATENCY_BUCKETS,
             registry=registry,
         )
+        self.events_dropped = Counter(
+            "qnf_bus_events_dropped_total",
+            "Events given up on (queue full, or the stream did not ack)",
+            ["service"],
+            registry=registry,
+        )
         self.events = Counter(
             "qnf_bus_events_published_total",
             "Events published to the QNF_EVENTS stream",

@@ -163,15 +163,12 @@ async def run_service(service: str, build: ActorFactory, settings: Settings, sto
         reload_task = asyncio.create_task(_reload_certificates(pki, identity, signer, tls, material.kid))
         stack.callback(reload_task.cancel)
         log.info("serving", extra={"identity": identity.uri, "metrics_port": port})
-        try:
-            await bus.publish_event(
-                "lifecycle.started",
-                ServiceStarted(
-                    service=service, node=settings.node, identity=identity.uri, version=package_version()
-                ),
-            )
-        except Exception as exc:  # the stream may be missing in a bare test server; serving matters more
-            log.warning("could not publish the started event: %s", exc)
+        bus.emit(
+            "lifecycle.started",
+            ServiceStarted(
+                service=service, node=settings.node, identity=identity.uri, version=package_version()
+            ),
+        )
         await stop.wait()
         log.info("stopping")
         ready.clear()

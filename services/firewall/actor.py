@@ -242,7 +242,7 @@ class FirewallActor:
         policy = Policy(**spec.model_dump(), created_ms=int(time.time() * 1000))
         revision = await self._policies_kv.create(key, policy)
         stored = policy.model_copy(update={"revision": revision})
-        await self._bus.publish_event("policy.created", PolicyEvent(policy=stored))
+        self._bus.emit("policy.created", PolicyEvent(policy=stored))
         return stored
 
     async def update_policy(self, spec: PolicySpec) -> Policy:
@@ -254,7 +254,7 @@ class FirewallActor:
         policy = Policy(**spec.model_dump(), created_ms=existing.value.created_ms)
         revision = await self._policies_kv.update(key, policy, existing.revision)
         stored = policy.model_copy(update={"revision": revision})
-        await self._bus.publish_event("policy.updated", PolicyEvent(policy=stored))
+        self._bus.emit("policy.updated", PolicyEvent(policy=stored))
         return stored
 
     async def get_policy(self, ref: PolicyRef) -> Policy:
@@ -279,7 +279,7 @@ class FirewallActor:
         if record is None:
             return Removed(existed=False)
         await self._policies_kv.delete(key, record.revision)
-        await self._bus.publish_event("policy.deleted", PolicyEvent(policy=record.value))
+        self._bus.emit("policy.deleted", PolicyEvent(policy=record.value))
         return Removed(existed=True)
 
     async def import_policy(self, req: PolicyYaml) -> Policy:

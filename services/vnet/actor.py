@@ -52,7 +52,13 @@ from services.vnet.adapters.cnisocket import CniSocket
 from services.vnet.adapters.netlink import Dataplane
 from services.vnet.adapters.store import AddressBook, Stores
 from services.vnet.core import ipam
-from services.vnet.core.names import default_endpoint_name, endpoint_id, endpoint_mac, host_veth_name
+from services.vnet.core.names import (
+    bridge_name,
+    default_endpoint_name,
+    endpoint_id,
+    endpoint_mac,
+    host_veth_name,
+)
 from services.vnet.core.networks import apply_update, build_network, same_spec
 from services.vnet.core.plan import bridge_plan, veth_plan
 
@@ -200,7 +206,7 @@ class VnetActor:
                 await self._stores.networks.delete(spec.name, revision)
                 raise Conflict(f"subnet overlaps network {other.key}, created concurrently")
         self._update_gauges(network)
-        await self._bus.publish_event("network.created", NetworkEvent(network=network))
+        self._bus.emit("network.created", NetworkEvent(network=network))
         return network.model_copy(update={"revision": revision})
 
     async def get_network(self, ref: NetworkRef) -> Network:
@@ -218,7 +224,7 @@ class VnetActor:
             raise Conflict(f"network {update.name} is at revision {record.revision}, not {update.revision}")
         network = apply_update(record.value, update)
         revision = await self._stores.networks.update(update.name, network, record.revision)
-        await self._bus.publish_event("network.updated", NetworkEvent(network=network))
+        self._bus.emit("network.updated", NetworkEvent(network=network))
         return network.model_copy(update={"revision": revision})
 
     async def delete_network(self, req: NetworkDelete) -> Removed:
@@ -243,7 +249,7 @@ class VnetActor:
         self._book.forget_network(req.name)
         await self._dp.remove_bridge(record.value.bridge)
         self._forget_gauges(req.name)
-        await self._bus.publish_event("network.deleted", NetworkEvent(network=record.value))
+        self._bus.emit("network.deleted", NetworkEvent(network=record.value))
         return Removed(existed=True)
 
     # ------------------------------------------------------------------ endpoints
@@ -317,7 +323,7 @@ class VnetActor:
             undo.pop_all()  # committed: nothing to unwind from here on
         self._update_gauges(network)
         self._metrics.add_seconds.observe(time.perf_counter() - started)
-        await self._bus.publish_event("endpoint.added", EndpointEvent(endpoint=endpoint))
+        self._bus.emit("endpoint.added", EndpointEvent(endpoint=endpoint))
         return endpoint
 
     async def _allocate(
@@ -380,7 +386,7 @@ class VnetActor:
             self._update_gauges(await self._network(endpoint.network))
         except NotFound:
             pass
-        await self._bus.publish_event("endpoint.removed", EndpointEvent(endpoint=endpoint))
+        self._bus.emit("endpoint.removed", EndpointEvent(endpoint=endpoint))
 
     async def get_endpoint(self, ref: EndpointRef) -> Endpoint:
         record = await self._stores.endpoints.get(endpoint_id(ref.container_id, ref.ifname))
@@ -453,9 +459,8 @@ class VnetActor:
             return {"error": {"code": "internal", "message": "internal error"}}
 
     async def _cni_view(self, endpoint: Endpoint) -> dict[str, Any]:
-        network = await self._network(endpoint.network)
         view: dict[str, Any] = endpoint.model_dump(mode="json")
-        view.update(bridge=network.bridge, dns_domain=self._dns_domain)
+        view.update(bridge=bridge_name(endpoint.network), dns_domain=self._dns_domain)
         return view
 
     async def _drain_pending_deletes(self) -> int:
@@ -534,9 +539,7 @@ class VnetActor:
         for kind, name in fixes:
             self._metrics.fixes.labels(kind).inc()
             log.info("reconcile fixed %s %s", kind, name)
-            await self._bus.publish_event(
-                "reconcile.fixed", ReconcileFix(node=self._node, kind=kind, name=name)
-            )
+            self._bus.emit("reconcile.fixed", ReconcileFix(node=self._node, kind=kind, name=name))
         for network in networks.values():
             self._update_gauges(network)
         return fixes

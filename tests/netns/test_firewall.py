@@ -75,13 +75,28 @@ class Env:
             time.sleep(0.05)
 
     def probe(self, src: str, dst: str, proto: str, port: int) -> bool:
-        out = subprocess.run(["nsenter", f"--net=/run/netns/{self.spaces[src]}", sys.executable, "-c", PROBE,
-                              proto, self.ips[dst], str(port)], capture_output=True, text=True, timeout=20)
+        out = subprocess.run(
+            [
+                "nsenter",
+                f"--net=/run/netns/{self.spaces[src]}",
+                sys.executable,
+                "-c",
+                PROBE,
+                proto,
+                self.ips[dst],
+                str(port),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=20,
+        )
         return out.stdout.strip() == "ok"
 
     def explain(self, src: str, dst: str, proto: str, port: int) -> dict:
-        return self.gw.call(f"{CMD}.firewall.policy.explain", {"source": self.ips[src], "destination": self.ips[dst],
-                                                              "protocol": proto.upper(), "port": port})
+        return self.gw.call(
+            f"{CMD}.firewall.policy.explain",
+            {"source": self.ips[src], "destination": self.ips[dst], "protocol": proto.upper(), "port": port},
+        )
 
     def set_policies(self, policies: list[dict]) -> None:
         current = self.gw.call(f"{CMD}.firewall.policy.list", {})["policies"]
@@ -118,21 +133,38 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
         fabric = start_fabric(node, Path(tmp_path_factory.mktemp("fw")) / "state")
         gw = fabric.client()
         gw.call(f"{CMD}.vnet.network.create", {"name": "zt", "subnet": "10.130.0.0/24"})
-        gw.call(f"{CMD}.vnet.network.create", {"name": "da", "subnet": "10.131.0.0/24", "isolation": "default-allow"})
-        gw.call(f"{CMD}.vnet.network.create", {"name": "other", "subnet": "10.132.0.0/24",
-                                               "labels": {"team": "x"}})
+        gw.call(
+            f"{CMD}.vnet.network.create",
+            {"name": "da", "subnet": "10.131.0.0/24", "isolation": "default-allow"},
+        )
+        gw.call(
+            f"{CMD}.vnet.network.create",
+            {"name": "other", "subnet": "10.132.0.0/24", "labels": {"team": "x"}},
+        )
         ips = {}
         for name, (network, labels) in ENDPOINTS.items():
             space = f"qnfc-{uuid.uuid4().hex[:8]}"
             netns.create(space)
             spaces[name] = space
-            ep = gw.call("qnf.v1.node.n1.vnet.endpoint.add", {
-                "request_id": space, "container_id": space, "ifname": "eth0", "netns": f"/run/netns/{space}",
-                "network": network, "name": name, "labels": labels,
-                "named_ports": {"http": {"port": 8080, "protocol": "TCP"}} if name == "db" else {}})
+            ep = gw.call(
+                "qnf.v1.node.n1.vnet.endpoint.add",
+                {
+                    "request_id": space,
+                    "container_id": space,
+                    "ifname": "eth0",
+                    "netns": f"/run/netns/{space}",
+                    "network": network,
+                    "name": name,
+                    "labels": labels,
+                    "named_ports": {"http": {"port": 8080, "protocol": "TCP"}} if name == "db" else {},
+                },
+            )
             ips[name] = ep["addresses"][0].split("/")[0]
-            proc = subprocess.Popen(["nsenter", f"--net=/run/netns/{space}", sys.executable, "-c", SERVER],
-                                    stdout=subprocess.PIPE, text=True)
+            proc = subprocess.Popen(
+                ["nsenter", f"--net=/run/netns/{space}", sys.executable, "-c", SERVER],
+                stdout=subprocess.PIPE,
+                text=True,
+            )
             assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
             servers.append(proc)
         yield Env(fabric, gw, ips, spaces)
@@ -159,85 +191,189 @@ def sel(**labels: str) -> dict:
 
 # (id, policies, [(src, dst, proto, port, expected_allowed), ...])
 PHASES: list[tuple[str, list[dict], list[tuple[str, str, str, int, bool]]]] = [
-    ("no-policies", [], [
-        ("web1", "db", "tcp", 5432, False),  # zero trust: nothing without a policy
-        ("web1", "web2", "tcp", 80, False),
-        ("da1", "da2", "tcp", 80, True),  # default-allow network: Kubernetes' unisolated pods
-        ("da1", "da2", "udp", UDP_PORT, True),
-        ("web1", "da1", "tcp", 80, False),  # web1's egress is closed
-        ("da1", "web1", "tcp", 80, False),  # web1's ingress is closed
-    ]),
-    ("db-from-web", [
-        {"name": "db-in", "network": "zt", "endpointSelector": sel(app="db"),
-         "ingress": [{"peers": [{"endpointSelector": sel(app="web")}], "ports": [{"port": 5432}]}]},
-        {"name": "web-out", "network": "zt", "endpointSelector": sel(app="web"), "policyTypes": ["Egress"],
-         "egress": [{"peers": [{"endpointSelector": sel(app="db")}], "ports": [{"port": 5432}]}]},
-    ], [
-        ("web1", "db", "tcp", 5432, True),
-        ("web2", "db", "tcp", 5432, True),
-        ("web1", "db", "tcp", 80, False),  # port not allowed
-        ("cache", "db", "tcp", 5432, False),  # cache's egress is closed, and it is not web
-        ("web1", "cache", "tcp", 5432, False),  # egress allowed only to db
-        ("db", "web1", "tcp", 80, False),  # an ingress-only policy opens no egress for db
-    ]),
-    ("egress-only-and-ranges", [
-        {"name": "cache-out", "network": "zt", "endpointSelector": sel(app="cache"), "policyTypes": ["Egress"],
-         "egress": [{"ports": [{"port": 400, "endPort": 500}, {"protocol": "UDP", "port": UDP_PORT}]}]},
-        {"name": "web-in", "network": "zt", "endpointSelector": sel(app="web"),
-         "ingress": [{"peers": [{"endpointSelector": {"matchExpressions": [
-             {"key": "app", "operator": "In", "values": ["cache", "db"]}]}}],
-             "ports": [{"port": 443}, {"protocol": "UDP"}]}]},
-    ], [
-        ("cache", "web1", "tcp", 443, True),  # in the egress range 400-500, and web allows 443 from cache
-        ("cache", "web1", "tcp", 80, False),  # outside the egress range
-        ("cache", "web2", "udp", UDP_PORT, True),
-        ("cache", "db", "tcp", 443, False),  # egress allows it, but db's ingress is closed
-        ("db", "web1", "tcp", 443, False),  # web allows db in, but db's egress is closed
-    ]),
-    ("cross-network-and-named-ports", [
-        {"name": "db-in", "network": "zt", "endpointSelector": sel(app="db"),
-         "ingress": [{"peers": [{"networkSelector": sel(team="x"), "endpointSelector": sel(app="web")}],
-                      "ports": [{"port": "http"}]}]},
-        {"name": "o1-out", "network": "other", "endpointSelector": {}, "policyTypes": ["Egress"],
-         "egress": [{"peers": [{"networkSelector": {"matchLabels": {"kubernetes.io/metadata.name": "zt"}}}]}]},
-        {"name": "da2-in", "network": "da", "endpointSelector": sel(app="b"),
-         "ingress": [{"peers": [{"ipBlock": {"cidr": "10.131.0.0/24", "except": ["10.131.0.2/32"]}}]}]},
-    ], [
-        ("o1", "db", "tcp", 8080, True),  # named port "http" of db, from another network named by selector
-        ("o1", "db", "tcp", 5432, False),
-        ("o1", "web1", "tcp", 80, False),  # o1's egress allows it; web1's ingress does not
-        ("web1", "db", "tcp", 8080, False),  # web1 is in zt, not in team=x
-        ("da1", "da2", "tcp", 80, False),  # da1 (10.131.0.2) is carved out by except
-        ("da2", "da1", "tcp", 80, True),  # da1 is still unisolated
-    ]),
-    ("empty-peers-zero-trust", [
-        {"name": "all-in", "network": "zt", "endpointSelector": sel(app="cache"),
-         "ingress": [{}]},
-        {"name": "all-out", "network": "zt", "endpointSelector": sel(app="web"), "policyTypes": ["Egress"],
-         "egress": [{}]},
-        {"name": "da-out", "network": "da", "endpointSelector": {}, "policyTypes": ["Egress"], "egress": [{}]},
-    ], [
-        ("web1", "cache", "tcp", 80, True),  # same network: "every peer" includes it
-        ("da1", "cache", "tcp", 80, False),  # another fabric network must be named in zero trust
-        ("web1", "da1", "tcp", 80, False),  # "every peer" of web's egress excludes other fabric networks
-        ("web2", "cache", "udp", UDP_PORT, True),
-    ]),
-    ("admin-tier", [
-        {"name": "all-in", "network": "zt", "endpointSelector": sel(app="cache"), "ingress": [{}]},
-        {"name": "all-out", "network": "zt", "endpointSelector": sel(app="web"), "policyTypes": ["Egress"],
-         "egress": [{}]},
-        {"name": "deny-canary", "tier": "admin", "priority": 10, "endpointSelector": sel(canary="yes"),
-         "egress": [{"action": "Deny", "ports": [{"port": 80}]}]},
-        {"name": "allow-db", "tier": "admin", "priority": 20, "networkSelector": {},
-         "endpointSelector": sel(app="db"), "ingress": [{"action": "Allow", "peers": [
-             {"endpointSelector": sel(app="cache")}]}]},
-    ], [
-        ("web2", "cache", "tcp", 80, False),  # admin deny beats the normal allow
-        ("web1", "cache", "tcp", 80, True),
-        ("web2", "cache", "tcp", 443, True),
-        ("cache", "db", "tcp", 5432, False),  # admin allows db's ingress, but cache's egress is closed
-    ]),
+    (
+        "no-policies",
+        [],
+        [
+            ("web1", "db", "tcp", 5432, False),  # zero trust: nothing without a policy
+            ("web1", "web2", "tcp", 80, False),
+            ("da1", "da2", "tcp", 80, True),  # default-allow network: Kubernetes' unisolated pods
+            ("da1", "da2", "udp", UDP_PORT, True),
+            ("web1", "da1", "tcp", 80, False),  # web1's egress is closed
+            ("da1", "web1", "tcp", 80, False),  # web1's ingress is closed
+        ],
+    ),
+    (
+        "db-from-web",
+        [
+            {
+                "name": "db-in",
+                "network": "zt",
+                "endpointSelector": sel(app="db"),
+                "ingress": [{"peers": [{"endpointSelector": sel(app="web")}], "ports": [{"port": 5432}]}],
+            },
+            {
+                "name": "web-out",
+                "network": "zt",
+                "endpointSelector": sel(app="web"),
+                "policyTypes": ["Egress"],
+                "egress": [{"peers": [{"endpointSelector": sel(app="db")}], "ports": [{"port": 5432}]}],
+            },
+        ],
+        [
+            ("web1", "db", "tcp", 5432, True),
+            ("web2", "db", "tcp", 5432, True),
+            ("web1", "db", "tcp", 80, False),  # port not allowed
+            ("cache", "db", "tcp", 5432, False),  # cache's egress is closed, and it is not web
+            ("web1", "cache", "tcp", 5432, False),  # egress allowed only to db
+            ("db", "web1", "tcp", 80, False),  # an ingress-only policy opens no egress for db
+        ],
+    ),
+    (
+        "egress-only-and-ranges",
+        [
+            {
+                "name": "cache-out",
+                "network": "zt",
+                "endpointSelector": sel(app="cache"),
+                "policyTypes": ["Egress"],
+                "egress": [{"ports": [{"port": 400, "endPort": 500}, {"protocol": "UDP", "port": UDP_PORT}]}],
+            },
+            {
+                "name": "web-in",
+                "network": "zt",
+                "endpointSelector": sel(app="web"),
+                "ingress": [
+                    {
+                        "peers": [
+                            {
+                                "endpointSelector": {
+                                    "matchExpressions": [
+                                        {"key": "app", "operator": "In", "values": ["cache", "db"]}
+                                    ]
+                                }
+                            }
+                        ],
+                        "ports": [{"port": 443}, {"protocol": "UDP"}],
+                    }
+                ],
+            },
+        ],
+        [
+            ("cache", "web1", "tcp", 443, True),  # in the egress range 400-500, and web allows 443 from cache
+            ("cache", "web1", "tcp", 80, False),  # outside the egress range
+            ("cache", "web2", "udp", UDP_PORT, True),
+            ("cache", "db", "tcp", 443, False),  # egress allows it, but db's ingress is closed
+            ("db", "web1", "tcp", 443, False),  # web allows db in, but db's egress is closed
+        ],
+    ),
+    (
+        "cross-network-and-named-ports",
+        [
+            {
+                "name": "db-in",
+                "network": "zt",
+                "endpointSelector": sel(app="db"),
+                "ingress": [
+                    {
+                        "peers": [{"networkSelector": sel(team="x"), "endpointSelector": sel(app="web")}],
+                        "ports": [{"port": "http"}],
+                    }
+                ],
+            },
+            {
+                "name": "o1-out",
+                "network": "other",
+                "endpointSelector": {},
+                "policyTypes": ["Egress"],
+                "egress": [
+                    {"peers": [{"networkSelector": {"matchLabels": {"kubernetes.io/metadata.name": "zt"}}}]}
+                ],
+            },
+            {
+                "name": "da2-in",
+                "network": "da",
+                "endpointSelector": sel(app="b"),
+                "ingress": [{"peers": [{"ipBlock": {"cidr": "10.131.0.0/24", "except": ["10.131.0.2/32"]}}]}],
+            },
+        ],
+        [
+            (
+                "o1",
+                "db",
+                "tcp",
+                8080,
+                True,
+            ),  # named port "http" of db, from another network named by selector
+            ("o1", "db", "tcp", 5432, False),
+            ("o1", "web1", "tcp", 80, False),  # o1's egress allows it; web1's ingress does not
+            ("web1", "db", "tcp", 8080, False),  # web1 is in zt, not in team=x
+            ("da1", "da2", "tcp", 80, False),  # da1 (10.131.0.2) is carved out by except
+            ("da2", "da1", "tcp", 80, True),  # da1 is still unisolated
+        ],
+    ),
+    (
+        "empty-peers-zero-trust",
+        [
+            {"name": "all-in", "network": "zt", "endpointSelector": sel(app="cache"), "ingress": [{}]},
+            {
+                "name": "all-out",
+                "network": "zt",
+                "endpointSelector": sel(app="web"),
+                "policyTypes": ["Egress"],
+                "egress": [{}],
+            },
+            {
+                "name": "da-out",
+                "network": "da",
+                "endpointSelector": {},
+                "policyTypes": ["Egress"],
+                "egress": [{}],
+            },
+        ],
+        [
+            ("web1", "cache", "tcp", 80, True),  # same network: "every peer" includes it
+            ("da1", "cache", "tcp", 80, False),  # another fabric network must be named in zero trust
+            ("web1", "da1", "tcp", 80, False),  # "every peer" of web's egress excludes other fabric networks
+            ("web2", "cache", "udp", UDP_PORT, True),
+        ],
+    ),
+    (
+        "admin-tier",
+        [
+            {"name": "all-in", "network": "zt", "endpointSelector": sel(app="cache"), "ingress": [{}]},
+            {
+                "name": "all-out",
+                "network": "zt",
+                "endpointSelector": sel(app="web"),
+                "policyTypes": ["Egress"],
+                "egress": [{}],
+            },
+            {
+                "name": "deny-canary",
+                "tier": "admin",
+                "priority": 10,
+                "endpointSelector": sel(canary="yes"),
+                "egress": [{"action": "Deny", "ports": [{"port": 80}]}],
+            },
+            {
+                "name": "allow-db",
+                "tier": "admin",
+                "priority": 20,
+                "networkSelector": {},
+                "endpointSelector": sel(app="db"),
+                "ingress": [{"action": "Allow", "peers": [{"endpointSelector": sel(app="cache")}]}],
+            },
+        ],
+        [
+            ("web2", "cache", "tcp", 80, False),  # admin deny beats the normal allow
+            ("web1", "cache", "tcp", 80, True),
+            ("web2", "cache", "tcp", 443, True),
+            ("cache", "db", "tcp", 5432, False),  # admin allows db's ingress, but cache's egress is closed
+        ],
+    ),
 ]
+
 
 @pytest.mark.parametrize("phase", [p[0] for p in PHASES])
 def test_conformance(env: Env, phase: str) -> None:
@@ -249,23 +385,40 @@ def test_conformance(env: Env, phase: str) -> None:
     for (src, dst, proto, port, expected), got in zip(cases, real, strict=True):
         verdict = env.explain(src, dst, proto, port)
         if not (got == expected == verdict["allowed"]):
-            failures.append(f"{src}->{dst} {proto}/{port}: packets {got}, expected {expected}, explain {verdict}")
+            failures.append(
+                f"{src}->{dst} {proto}/{port}: packets {got}, expected {expected}, explain {verdict}"
+            )
     assert not failures, "\n".join(failures)
 
 
 def test_spoofed_source_is_dropped(env: Env) -> None:
-    env.set_policies([{"name": "all-in", "network": "zt", "endpointSelector": {}, "ingress": [{}]},
-                      {"name": "all-out", "network": "zt", "endpointSelector": {}, "policyTypes": ["Egress"],
-                       "egress": [{}]}])
+    env.set_policies(
+        [
+            {"name": "all-in", "network": "zt", "endpointSelector": {}, "ingress": [{}]},
+            {
+                "name": "all-out",
+                "network": "zt",
+                "endpointSelector": {},
+                "policyTypes": ["Egress"],
+                "egress": [{}],
+            },
+        ]
+    )
     assert env.probe("web1", "web2", "tcp", 80)
     space = env.spaces["web1"]
     # An address the fabric never assigned to web1: packets from it must not leave its veth.
     subprocess.run(["ip", "-n", space, "addr", "add", "10.130.0.200/24", "dev", "eth0"], check=True)
     try:
-        code = ("import socket\ns=socket.socket(); s.bind(('10.130.0.200', 0)); s.settimeout(1.5)\n"
-                f"try:\n s.connect(('{env.ips['web2']}', 80)); print('ok')\nexcept OSError: print('blocked')")
-        out = subprocess.run(["nsenter", f"--net=/run/netns/{space}", sys.executable, "-c", code],
-                             capture_output=True, text=True, timeout=10)
+        code = (
+            "import socket\ns=socket.socket(); s.bind(('10.130.0.200', 0)); s.settimeout(1.5)\n"
+            f"try:\n s.connect(('{env.ips['web2']}', 80)); print('ok')\nexcept OSError: print('blocked')"
+        )
+        out = subprocess.run(
+            ["nsenter", f"--net=/run/netns/{space}", sys.executable, "-c", code],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
         assert out.stdout.strip() == "blocked"
     finally:
         subprocess.run(["ip", "-n", space, "addr", "del", "10.130.0.200/24", "dev", "eth0"], check=True)
@@ -292,18 +445,29 @@ spec:
     env.sync(1)
     assert env.probe("da1", "da2", "tcp", 443)
     assert not env.probe("da1", "da2", "tcp", 80)
-    bad = env.gw.request(f"{CMD}.firewall.policy.import", {"document": "kind: Deployment\napiVersion: apps/v1"})
+    bad = env.gw.request(
+        f"{CMD}.firewall.policy.import", {"document": "kind: Deployment\napiVersion: apps/v1"}
+    )
     assert bad["error"]["code"] == "invalid" and "NetworkPolicy" in bad["error"]["message"]
 
 
 @pytest.mark.parametrize(
     ("body", "field"),
     [
-        ({"name": "x", "network": "zt", "endpointSelector": {"matchExpressions": [
-            {"key": "a", "operator": "Near", "values": ["b"]}]}}, "operator"),
+        (
+            {
+                "name": "x",
+                "network": "zt",
+                "endpointSelector": {"matchExpressions": [{"key": "a", "operator": "Near", "values": ["b"]}]},
+            },
+            "operator",
+        ),
         ({"name": "x", "network": "zt", "ingress": [{"ports": [{"port": 70000}]}]}, "port"),
         ({"name": "x", "network": "zt", "ingress": [{"ports": [{"port": 90, "endPort": 80}]}]}, "endPort"),
-        ({"name": "x", "network": "zt", "ingress": [{"peers": [{"ipBlock": {"cidr": "10.0.0.0/33"}}]}]}, "cidr"),
+        (
+            {"name": "x", "network": "zt", "ingress": [{"peers": [{"ipBlock": {"cidr": "10.0.0.0/33"}}]}]},
+            "cidr",
+        ),
         ({"name": "x", "network": "nope"}, "network"),
         ({"name": "x", "network": "zt", "ingress": [{"ports": [{"protocol": "ICMP", "port": 1}]}]}, "ICMP"),
     ],
@@ -315,4 +479,6 @@ def test_bad_policies_change_nothing(env: Env, body: dict, field: str) -> None:
     out = env.gw.request(f"{CMD}.firewall.policy.create", body)
     assert out["error"]["code"] == "invalid" and field in out["error"]["message"], out
     env.sync(1)
-    assert json.loads(env.fabric.exec("nft", "-j", "list", "table", "inet", "qnf").stdout) == json.loads(before)
+    assert json.loads(env.fabric.exec("nft", "-j", "list", "table", "inet", "qnf").stdout) == json.loads(
+        before
+    )
