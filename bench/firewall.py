@@ -61,7 +61,7 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 from pathlib import Path
@@ -472,7 +472,9 @@ def run_json(argv: list[str], *, timeout: float = 600) -> Json:
     """Run an inner mode to completion and parse its last stdout line."""
     proc = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
     if proc.returncode != 0:
-        raise RuntimeError(f"{' '.join(argv[2:6])}... exited {proc.returncode}: {proc.stderr.strip()[-2000:]}")
+        raise RuntimeError(
+            f"{' '.join(argv[2:6])}... exited {proc.returncode}: {proc.stderr.strip()[-2000:]}"
+        )
     return json.loads(proc.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
 
 
@@ -488,10 +490,10 @@ class Resources:
     tmp: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="qnf-fwbench-")))
 
     def __post_init__(self) -> None:
-        self.stack.callback(self._guard, "the temporary directory", shutil.rmtree, self.tmp, True)
+        self.stack.callback(self.guard, "the temporary directory", shutil.rmtree, self.tmp, True)
 
     @staticmethod
-    def _guard(what: str, fn: Callable[..., Any], *args: Any) -> None:
+    def guard(what: str, fn: Callable[..., Any], *args: Any) -> None:
         try:
             fn(*args)
         except Exception as exc:  # keep cleaning up
@@ -500,7 +502,7 @@ class Resources:
     def namespace(self, role: str) -> str:
         name = f"qnffw-{role}-{uuid.uuid4().hex[:6]}"
         netns.create(name)
-        self.stack.callback(self._guard, f"namespace {name}", self._remove_ns, name)
+        self.stack.callback(self.guard, f"namespace {name}", self._remove_ns, name)
         ip("-n", name, "link", "set", "lo", "up")
         return name
 
@@ -516,7 +518,7 @@ class Resources:
 
     def spawn(self, argv: list[str], **kwargs: Any) -> subprocess.Popen[str]:
         proc = subprocess.Popen(argv, cwd=ROOT, text=True, **kwargs)
-        self.stack.callback(self._guard, f"process {proc.pid}", self._stop, proc)
+        self.stack.callback(self.guard, f"process {proc.pid}", self._stop, proc)
         return proc
 
     @staticmethod
@@ -585,8 +587,9 @@ def _sample(a: str, seconds: int, rr_count: int) -> PathSample:
     doc = json.loads(proc.stdout) if proc.stdout.strip() else {}
     if proc.returncode != 0 or "error" in doc:
         raise RuntimeError(f"iperf3 failed: {doc.get('error') or proc.stderr.strip()}")
-    rr = run_json(inner_argv(a, "--inner", "rr", "--host", str(ADDR_B), "--port", str(RR_PORT), "--count",
-                             str(rr_count)))
+    rr = run_json(
+        inner_argv(a, "--inner", "rr", "--host", str(ADDR_B), "--port", str(RR_PORT), "--rr", str(rr_count))
+    )
     closed = run_json(inner_argv(a, "--inner", "connect", "--host", str(ADDR_B), "--port", str(CLOSED_PORT)))
     return PathSample(
         doc["end"]["sum_received"]["bits_per_second"] / 1e9, rr["p50_us"], rr["p99_us"], closed["state"]
@@ -641,7 +644,7 @@ def bench_datapath(res: Resources, total: int, seconds: int, rounds: int, rr_cou
 
 def report_datapath(d: DataPath) -> tuple[float, float]:
     def med(samples: list[PathSample], key: str) -> float:
-        return statistics.median(getattr(s, key) for s in samples)
+        return float(statistics.median(float(getattr(s, key)) for s in samples))
 
     def states(samples: list[PathSample]) -> str:
         return "/".join(sorted({s.closed_port for s in samples}))
@@ -658,7 +661,9 @@ def report_datapath(d: DataPath) -> tuple[float, float]:
         f"   build+compile {d.compile_s * 1000:.0f} ms (pure), apply {d.apply_s * 1000:.0f} ms (libnftables, "
         f"one transaction); bridge-nf-call-iptables = {d.br_nf}; median of {len(d.off)} alternating rounds"
     )
-    header = f"   {'':18} {'TCP Gbit/s':>11} {'RR p50 µs':>10} {'RR p99 µs':>10}   tcp/{CLOSED_PORT} (no grant)"
+    header = (
+        f"   {'':18} {'TCP Gbit/s':>11} {'RR p50 µs':>10} {'RR p99 µs':>10}   tcp/{CLOSED_PORT} (no grant)"
+    )
     print(header)
     print("   " + "-" * (len(header) - 3))
     for label, samples in (("no firewall", d.off), ("qnf firewall", d.on)):
@@ -670,10 +675,13 @@ def report_datapath(d: DataPath) -> tuple[float, float]:
     rr50 = med(d.on, "rr_p50_us") / med(d.off, "rr_p50_us")
     rr99 = med(d.on, "rr_p99_us") / med(d.off, "rr_p99_us")
     print(f"   {'ratio fw/no-fw':18} {tput:10.2f}x {rr50:9.2f}x {rr99:9.2f}x")
-    print("   per round (Gbit/s, RR p50 µs):  " + "  ".join(
-        f"off {o.gbps:.2f}/{o.rr_p50_us:.1f} on {n.gbps:.2f}/{n.rr_p50_us:.1f}" for o, n in zip(d.off, d.on,
-                                                                                                strict=True)
-    ))
+    print(
+        "   per round (Gbit/s, RR p50 µs):  "
+        + "  ".join(
+            f"off {o.gbps:.2f}/{o.rr_p50_us:.1f} on {n.gbps:.2f}/{n.rr_p50_us:.1f}"
+            for o, n in zip(d.off, d.on, strict=True)
+        )
+    )
     return tput, rr50
 
 
@@ -703,15 +711,17 @@ def report_apply(b: Json) -> float:
     print()
     print("B. ruleset apply (throwaway netns; build and compile are pure Python, apply is libnftables)")
     header = (
-        f"   {'endpoints':>9} {'grants':>7} {'elements':>8} {'in4p':>6} {'in4a':>6} {'rules':>5} {'JSON MB':>7}"
-        f" {'build ms':>8} {'compile ms':>10} {'apply ms':>8} {'replace ms':>10} {'list ms':>7}"
+        f"   {'endpoints':>9} {'grants':>7} {'elements':>8} {'in4p':>6} {'in4a':>6} {'rules':>5}"
+        f" {'JSON MB':>7} {'build ms':>8} {'compile ms':>10} {'apply ms':>8} {'replace ms':>10}"
+        f" {'list ms':>7}"
     )
     print(header)
     print("   " + "-" * (len(header) - 3))
     for s in b["sizes"]:
         print(
-            f"   {s['endpoints']:9} {s['grants']:7} {s['elements']:8} {s['in4p']:6} {s['in4a']:6} {s['rules']:5}"
-            f" {s['json_bytes'] / 1e6:7.1f} {_ms(s['build_s']):8.0f} {_ms(s['compile_s']):10.0f}"
+            f"   {s['endpoints']:9} {s['grants']:7} {s['elements']:8} {s['in4p']:6} {s['in4a']:6}"
+            f" {s['rules']:5} {s['json_bytes'] / 1e6:7.1f} {_ms(s['build_s']):8.0f}"
+            f" {_ms(s['compile_s']):10.0f}"
             f" {_ms(s['apply_first_s']):8.0f} {_ms(s['apply_replace_s']):10.0f} {_ms(s['list_sets_s']):7.0f}"
         )
     print("   (apply: into an empty kernel; replace: the same full transaction over the loaded tables;")
@@ -815,9 +825,9 @@ def bench_fabric(res: Resources, changes: int, extra: int) -> dict[str, Any]:
 
     node = res.namespace("fabric")
     fabric = start_fabric(node, res.tmp / "state")
-    res.stack.callback(res._guard, "the fabric", stop_fabric, fabric)
+    res.stack.callback(res.guard, "the fabric", stop_fabric, fabric)
     gw = fabric.client()
-    res.stack.callback(res._guard, "the node client", gw.close)
+    res.stack.callback(res.guard, "the node client", gw.close)
     cmd = "qnf.v1.cmd"
     gw.call(f"{cmd}.vnet.network.create", {"name": NET_NAME, "subnet": FABRIC_SUBNET})
 
@@ -841,7 +851,8 @@ def bench_fabric(res: Resources, changes: int, extra: int) -> dict[str, Any]:
     a, b = attach("ca", {"role": "client"}), attach("cb", {"role": "server"})
     ips = {}
     for key, item in (("a", a), ("b", b)):
-        reply = gw.call(*item["req"], timeout=30)
+        subject, body = item["req"]
+        reply = gw.call(subject, body, timeout=30)
         ips[key] = reply["addresses"][0].split("/")[0]
     extra_s = 0.0
     if extra:
@@ -864,7 +875,10 @@ def bench_fabric(res: Resources, changes: int, extra: int) -> dict[str, Any]:
             "endpointSelector": selector,
             "policyTypes": ["Egress"],
             "egress": [
-                {"peers": [{"endpointSelector": {"matchLabels": {"role": "server"}}}], "ports": [{"port": FABRIC_PORT}]}
+                {
+                    "peers": [{"endpointSelector": {"matchLabels": {"role": "server"}}}],
+                    "ports": [{"port": FABRIC_PORT}],
+                }
             ],
         },
     )
@@ -885,14 +899,20 @@ def bench_fabric(res: Resources, changes: int, extra: int) -> dict[str, Any]:
         "network": NET_NAME,
         "endpointSelector": {"matchLabels": {"role": "server"}},
         "ingress": [
-            {"peers": [{"networkSelector": {"matchLabels": {PEER_LABEL: "yes"}}}], "ports": [{"port": FABRIC_PORT}]}
+            {
+                "peers": [{"networkSelector": {"matchLabels": {PEER_LABEL: "yes"}}}],
+                "ports": [{"port": FABRIC_PORT}],
+            }
         ],
     }
-    out: dict[str, Changes] = {k: Changes() for k in ("policy create", "policy delete", "label set", "label clear")}
+    out: dict[str, Changes] = {
+        k: Changes() for k in ("policy create", "policy delete", "label set", "label clear")
+    }
     for i in range(changes):
         log(f"  C change {i + 1}/{changes}")
-        _measure_change(probe, "open", lambda: gw.call(f"{cmd}.firewall.policy.create", server_in),
-                        out["policy create"])
+        _measure_change(
+            probe, "open", lambda: gw.call(f"{cmd}.firewall.policy.create", server_in), out["policy create"]
+        )
         _wait_sync(gw, 2, endpoints)
         _measure_change(
             probe,
@@ -963,7 +983,9 @@ def report_fabric(c: dict[str, Any]) -> float | None:
             worst = None
         elif worst is not None:
             worst = max(worst, p99)
-    print("   (ms from sending the bus request; enforced = first probe with the new outcome; reply = bus reply)")
+    print(
+        "   (ms from sending the bus request; enforced = first probe with the new outcome; reply = bus reply)"
+    )
     return worst
 
 
@@ -993,7 +1015,10 @@ def bench(args: argparse.Namespace) -> int:
         print()
         print("targets (informational)")
         checks = [
-            (f"[A] throughput with {args.endpoints} entries {tput:.2f}x >= {TARGET_RATIO}x", tput >= TARGET_RATIO),
+            (
+                f"[A] throughput with {args.endpoints} entries {tput:.2f}x >= {TARGET_RATIO}x",
+                tput >= TARGET_RATIO,
+            ),
             (
                 f"[C] change enforced p99 {'not always seen' if worst is None else f'{worst:.1f} ms'} "
                 f"< {TARGET_CHANGE_MS:.0f} ms at {fabric['endpoints']} endpoints",
@@ -1038,7 +1063,9 @@ def _terminate(signum: int, frame: FrameType | None) -> None:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--endpoints", type=int, default=10_000, help="entries of the loaded ruleset (A, B)")
     parser.add_argument("--seconds", type=int, default=5, help="seconds per iperf3 run (default 5)")
     parser.add_argument("--rounds", type=int, default=2, help="alternating no-fw/fw rounds in A (default 2)")
@@ -1056,7 +1083,6 @@ def main() -> int:
     internal.add_argument("--host", help=argparse.SUPPRESS)
     internal.add_argument("--port", type=int, help=argparse.SUPPRESS)
     internal.add_argument("--ports", help=argparse.SUPPRESS)
-    internal.add_argument("--count", type=int, dest="rr", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.inner:
         return inner(args)
