@@ -24,7 +24,7 @@ from ipaddress import IPv6Address, IPv6Network, ip_address, ip_network
 from typing import Any, Final
 
 from libs.common.messages import Endpoint
-from services.firewall.core.model import ALL_PORTS, Address, Grant, Model
+from services.firewall.core.model import ALL_PORTS, Address, AdminRule, Grant, Model
 
 TABLE: Final = "qnf"
 FAMILY: Final = "inet"
@@ -220,9 +220,9 @@ def _grant_elements(grants: Iterable[Grant]) -> dict[str, list[Any]]:
     return out
 
 
-def _admin_set(g: Grant) -> str:
-    digest = hashlib.sha256(f"{g.policy}/{g.rule}/{g.order}".encode()).hexdigest()[:10]
-    return f"adm_{digest}_{g.direction[0]}{_v(g.local.version)}"
+def _admin_set(rule: AdminRule, version: int) -> str:
+    digest = hashlib.sha256(f"{rule.policy}/{rule.rule}/{rule.order}".encode()).hexdigest()[:10]
+    return f"adm_{digest}_{rule.direction[0]}{_v(version)}"
 
 
 def compile_model(model: Model, endpoints: Iterable[Endpoint]) -> Compiled:
@@ -264,10 +264,10 @@ def compile_model(model: Model, endpoints: Iterable[Endpoint]) -> Compiled:
             [str(a) for a in sorted(a for a in model.open_egress if a.version == version)],
         )
 
-    admin = [g for g in model.grants if g.tier == "admin"]
-    admin_sets: dict[str, list[Grant]] = {}
-    for g in admin:
-        admin_sets.setdefault(_admin_set(g), []).append(g)
+    admin_grants: dict[tuple[str, str, str, int], list[Grant]] = {}
+    for g in model.grants:
+        if g.tier == "admin":
+            admin_grants.setdefault((g.policy, g.rule, g.direction, g.local.version), []).append(g)
     normal: dict[str, list[Grant]] = {}
     for g in model.grants:
         if g.tier == "normal":
@@ -325,32 +325,34 @@ def compile_model(model: Model, endpoints: Iterable[Endpoint]) -> Compiled:
         structure.append(_rule(FAMILY, "input", [fabric_src, {"jump": {"target": "egress"}}]))
         structure.append(_rule(FAMILY, "output", [fabric_dst, {"jump": {"target": "ingress"}}]))
 
-    # Admin tier first, in order: Allow/Deny decide, Pass skips to the normal tier.
-    for set_name, grants in sorted(admin_sets.items(), key=lambda kv: kv[1][0].order):
-        g = grants[0]
-        version = g.local.version
-        addr_type = "ipv4_addr" if version == 4 else "ipv6_addr"
-        structure += _sets(
-            FAMILY,
-            [
-                (set_name + "p", [addr_type, addr_type, "inet_proto", "inet_service"], True),
-                (set_name + "a", [addr_type, addr_type, "inet_proto"], True),
-            ],
-        )
-        for suffix, elems in _grant_elements(grants).items():
-            put(FAMILY, set_name + suffix, elems)
-        chain = g.direction
-        if g.action == "Allow":
+    # Admin tier first, in order: Allow/Deny decide, Pass skips to the normal tier. Every admin
+    # rule has its sets and rules whether or not it selects an endpoint yet, so that endpoints and
+    # labels coming and going change only set elements, never the structure.
+    for admin_rule in model.admin_rules:
+        chain = admin_rule.direction
+        if admin_rule.action == "Allow":
             verdict: Json = {"accept": None} if chain == "ingress" else {"return": None}
-        elif g.action == "Deny":
+        elif admin_rule.action == "Deny":
             verdict = {"drop": None}
         else:
             verdict = {"goto": {"target": f"{chain}_normal"}}
         local, peer = ("daddr", "saddr") if chain == "ingress" else ("saddr", "daddr")
-        owner = f"{g.policy}/{g.rule}"
-        for rule in _lookup_rules(chain, version, local, peer, set_name[:-1], verdict, owner):
-            structure.append(rule)
-    # Per-set names of the admin lookups: `_lookup_rules` appends the family digit and p/a.
+        for version in (4, 6):
+            set_name = _admin_set(admin_rule, version)
+            addr_type = "ipv4_addr" if version == 4 else "ipv6_addr"
+            structure += _sets(
+                FAMILY,
+                [
+                    (set_name + "p", [addr_type, addr_type, "inet_proto", "inet_service"], True),
+                    (set_name + "a", [addr_type, addr_type, "inet_proto"], True),
+                ],
+            )
+            slot = (admin_rule.policy, admin_rule.rule, admin_rule.direction, version)
+            for suffix, elems in _grant_elements(admin_grants.get(slot, [])).items():
+                put(FAMILY, set_name + suffix, elems)
+            # `_lookup_rules` appends the version digit and p/a to the name it is given.
+            owner = f"{admin_rule.policy}/{admin_rule.rule}"
+            structure += _lookup_rules(chain, version, local, peer, set_name[:-1], verdict, owner)
     for chain in ("egress", "ingress"):
         structure.append(_rule(FAMILY, chain, [{"goto": {"target": f"{chain}_normal"}}]))
 

@@ -17,11 +17,11 @@ from libs.common.messages import PolicySpec
 _NAME = re.compile(r"[^a-z0-9-]")
 
 
-def _label(name: str) -> str:
+def _label(name: str, field: str) -> str:
     """A Kubernetes object name as a qnf name (DNS label): dots and the like become dashes."""
-    out = _NAME.sub("-", name.lower()).strip("-")[:63]
+    out = _NAME.sub("-", name.lower())[:63].strip("-")
     if not out:
-        raise PolicyRejected(f"metadata.name: {name!r} does not make a valid qnf name")
+        raise PolicyRejected(f"{field}: {name!r} does not make a valid qnf name")
     return out
 
 
@@ -85,8 +85,8 @@ def translate(doc: Any, *, default_network: str | None = None) -> PolicySpec:
         raise PolicyRejected(f"spec.{sorted(unknown)[0]}: unknown field")
     network = meta.get("namespace") or default_network or "default"
     body = {
-        "name": _label(str(meta["name"])),
-        "network": _label(str(network)),
+        "name": _label(str(meta["name"]), "metadata.name"),
+        "network": _label(str(network), "metadata.namespace"),
         "endpointSelector": spec.get("podSelector") or {},
         "ingress": _rules(spec.get("ingress"), "from", "spec.ingress"),
         "egress": _rules(spec.get("egress"), "to", "spec.egress"),

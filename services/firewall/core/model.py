@@ -62,11 +62,23 @@ class Grant:
     order: tuple[int, str, int] = (0, "", 0)
 
 
+@dataclass(frozen=True, order=True)
+class AdminRule:
+    """One rule of an admin-tier policy: its datapath slot exists whether or not it selects anyone."""
+
+    order: tuple[int, str, int]
+    direction: Direction
+    policy: str
+    rule: str
+    action: Literal["Allow", "Deny", "Pass"]
+
+
 @dataclass(frozen=True)
 class Model:
     """Everything the compiler and explain need for one node."""
 
     grants: tuple[Grant, ...]
+    admin_rules: tuple[AdminRule, ...]
     open_ingress: frozenset[Address]  # local addresses whose ingress is not isolated
     open_egress: frozenset[Address]
     local: frozenset[Address]  # addresses of endpoints on this node
@@ -325,8 +337,15 @@ def build(
                         (p.priority, p.name, i),
                     )
     gateways = {n.gateway for n in networks} | {n.gateway6 for n in networks if n.gateway6 is not None}
+    admin_rules = sorted(
+        AdminRule((p.priority, p.name, i), direction, p.name, f"{direction}[{i}]", rule.action)
+        for p in admin
+        for direction in ("ingress", "egress")
+        for i, rule in enumerate(getattr(p, direction))
+    )
     return Model(
         grants=tuple(sorted(set(grants), key=_grant_key)),
+        admin_rules=tuple(admin_rules),
         open_ingress=frozenset(open_in),
         open_egress=frozenset(open_eg),
         local=frozenset(a for e in local_eps for a in _addresses(e)),
