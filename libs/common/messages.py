@@ -171,6 +171,14 @@ class EndpointRef(Message):
     ifname: Annotated[str, StringConstraints(min_length=1, max_length=15, pattern=r"^[^/:\s]+$")]
 
 
+class EndpointLabels(Message):
+    """Replace an endpoint's labels (policies that select by label follow at once)."""
+
+    container_id: Annotated[str, StringConstraints(pattern=_CONTAINER_ID)]
+    ifname: Annotated[str, StringConstraints(min_length=1, max_length=15, pattern=r"^[^/:\s]+$")]
+    labels: Labels
+
+
 class Endpoint(Message):
     """An attached container interface, as recorded in `qnf-endpoints` and returned by ADD."""
 

@@ -33,6 +33,7 @@ from libs.common.messages import (
     Endpoint,
     EndpointAdd,
     EndpointFilter,
+    EndpointLabels,
     EndpointList,
     EndpointRef,
     EndpointRemove,
@@ -155,6 +156,9 @@ class VnetActor:
                 self.remove_endpoint,
                 scope="node",
                 key=endpoint_key,
+            ),
+            BusEndpoint(
+                "endpoint.labels", EndpointLabels, Endpoint, self.set_labels, scope="node", key=endpoint_key
             ),
             BusEndpoint(
                 "endpoint.get", EndpointRef, Endpoint, self.get_endpoint, scope="node", key=lambda r: "read"
@@ -387,6 +391,17 @@ class VnetActor:
         except NotFound:
             pass
         self._bus.emit("endpoint.removed", EndpointEvent(endpoint=endpoint))
+
+    async def set_labels(self, req: EndpointLabels) -> Endpoint:
+        """Relabel an endpoint (compare-and-set on its record); the firewall and DNS follow the record."""
+        async with self._locks.hold(endpoint_id(req.container_id, req.ifname)):
+            record = await self._stores.endpoints.get(endpoint_id(req.container_id, req.ifname))
+            if record is None:
+                raise NotFound(f"no endpoint {req.ifname} for container {req.container_id}")
+            endpoint = record.value.model_copy(update={"labels": req.labels})
+            await self._stores.endpoints.update(endpoint.endpoint_id, endpoint, record.revision)
+        self._bus.emit("endpoint.updated", EndpointEvent(endpoint=endpoint))
+        return endpoint
 
     async def get_endpoint(self, ref: EndpointRef) -> Endpoint:
         record = await self._stores.endpoints.get(endpoint_id(ref.container_id, ref.ifname))

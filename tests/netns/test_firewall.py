@@ -482,3 +482,42 @@ def test_bad_policies_change_nothing(env: Env, body: dict, field: str) -> None:
     assert json.loads(env.fabric.exec("nft", "-j", "list", "table", "inet", "qnf").stdout) == json.loads(
         before
     )
+
+
+def test_label_change_moves_an_endpoint_in_and_out(env: Env) -> None:
+    env.set_policies(
+        [
+            {
+                "name": "db-in",
+                "network": "zt",
+                "endpointSelector": sel(app="db"),
+                "ingress": [{"peers": [{"endpointSelector": sel(role="client")}], "ports": [{"port": 5432}]}],
+            },
+            {
+                "name": "out",
+                "network": "zt",
+                "endpointSelector": {},
+                "policyTypes": ["Egress"],
+                "egress": [{}],
+            },
+        ]
+    )
+    assert not env.probe("cache", "db", "tcp", 5432)
+
+    def relabel(labels: dict[str, str]) -> None:
+        space = env.spaces["cache"]
+        env.gw.call(
+            "qnf.v1.node.n1.vnet.endpoint.labels", {"container_id": space, "ifname": "eth0", "labels": labels}
+        )
+        deadline = time.monotonic() + 10
+        while env.gw.call("qnf.v1.node.n1.firewall.status")["in_sync"] is False or (
+            env.explain("cache", "db", "tcp", 5432)["allowed"] != ("role" in labels)
+        ):
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        env.sync(2)
+
+    relabel({"app": "cache", "role": "client"})
+    assert env.probe("cache", "db", "tcp", 5432)
+    relabel({"app": "cache"})
+    assert not env.probe("cache", "db", "tcp", 5432)
