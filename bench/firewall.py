@@ -11,8 +11,10 @@ One run, three parts, every packet inside network namespaces this benchmark crea
      and `in4a` sets hold >= `--endpoints` elements each, and policies that allow A -> B by a set
      lookup, the realistic path. The ruleset is applied with `LibNftables` by a child process in
      the node namespace (libnftables acts in its caller's namespace). Bridged IPv4 reaches
-     `inet qnf` forward through br_netfilter, which is on in every new namespace here. The two
-     conditions alternate for `--rounds` rounds; the median of each is reported.
+     `inet qnf` forward through br_netfilter, which is on in every new namespace here. A third
+     condition, the same policies compiled for A and B alone, separates the fixed cost of the
+     ruleset (conntrack, anti-spoofing, chains) from the cost of the big sets. The conditions
+     alternate within each of `--rounds` rounds; the median of each is reported.
   B. Apply time. In a throwaway namespace: building the model and compiling it (pure, in process)
      and applying the full transaction (libnftables) for 1,000 and `--endpoints` synthetic
      endpoints; then the actor's incremental path on the largest ruleset: one endpoint added and
@@ -38,7 +40,7 @@ the actor measured in B (build + compile + digests + diff + apply) is printed as
 Everything created (namespaces, links, nft tables inside them, the fabric, servers, probes) is
 removed at the end, also on failure, Ctrl-C or SIGTERM; only processes started here are killed.
 
-    python -m bench.firewall [--endpoints 10000] [--seconds 5] [--rounds 2] [--changes 30]
+    python -m bench.firewall [--endpoints 10000] [--seconds 5] [--rounds 3] [--changes 30]
                              [--fabric-extra 0] [--parts ABC]
 """
 
@@ -1093,7 +1095,9 @@ def main() -> int:
     )
     parser.add_argument("--endpoints", type=int, default=10_000, help="entries of the loaded ruleset (A, B)")
     parser.add_argument("--seconds", type=int, default=5, help="seconds per iperf3 run (default 5)")
-    parser.add_argument("--rounds", type=int, default=2, help="alternating no-fw/fw rounds in A (default 2)")
+    parser.add_argument(
+        "--rounds", type=int, default=3, help="rounds of the alternating conditions in A (default 3)"
+    )
     parser.add_argument("--rr", type=int, default=20_000, help="round trips per RR run (default 20000)")
     parser.add_argument("--changes", type=int, default=30, help="changes of each kind in C (default 30)")
     parser.add_argument("--parts", default="ABC", help="which parts to run, e.g. AC (default ABC)")

@@ -141,6 +141,22 @@ class _World:
         self.networks = {n.name: n for n in networks}
         self.endpoints = list(endpoints)
         self.net_labels = {n.name: network_labels(n.name, n.labels) for n in networks}
+        # A rule's peers depend on the rule and its home network only, not on the endpoint it is
+        # compiled for: resolve each once, or building costs endpoints x peers per rule.
+        self._peers: dict[tuple[int, str | None], list[Net]] = {}
+        self._named: dict[tuple[int, str | None], list[Endpoint]] = {}
+
+    def cached_peers(self, rule: PolicyRule, home: Network | None) -> list[Net]:
+        key = (id(rule), home.name if home else None)
+        if key not in self._peers:
+            self._peers[key] = self.rule_peers(rule, home)
+        return self._peers[key]
+
+    def cached_named(self, rule: PolicyRule, home: Network | None) -> list[Endpoint]:
+        key = (id(rule), home.name if home else None)
+        if key not in self._named:
+            self._named[key] = self.named_port_endpoints(rule, home)
+        return self._named[key]
 
     def networks_matching(self, selector: LabelSelector) -> list[Network]:
         return [n for n in self.networks.values() if matches(selector, self.net_labels[n.name])]
@@ -238,7 +254,7 @@ def _grants_for_rule(
     order: tuple[int, str, int],
 ) -> list[Grant]:
     out: list[Grant] = []
-    peers = world.rule_peers(rule, home)
+    peers = world.cached_peers(rule, home)
 
     def add(local: Address, peer: Net, proto: int | None, ports: tuple[int, int] | None) -> None:
         if peer.version != local.version:
@@ -266,7 +282,7 @@ def _grants_for_rule(
         for port in rule.ports:
             if isinstance(port.port, str) and direction == "egress":
                 # The name is the destination's: resolve it per peer endpoint.
-                for peer_ep in world.named_port_endpoints(rule, home):
+                for peer_ep in world.cached_named(rule, home):
                     for proto, rng in _port_specs(port, peer_ep):
                         for addr in _addresses(peer_ep):
                             if any(addr in p for p in peers):
