@@ -7,14 +7,21 @@ One run, three parts, every packet inside network namespaces this benchmark crea
      request/response latency (a Python echo server in B, a client in A doing 1-byte round trips
      over one connection; the same Python method in every run) are measured with no qnf tables,
      then with the qnf ruleset compiled from a synthetic model: A and B plus synthetic endpoints
-     (`--endpoints` in all, labels app=<i % 50>, 50 label-selecting policies) so that the `in4p`
-     and `in4a` sets hold >= `--endpoints` elements each, and policies that allow A -> B by a set
+     (`--endpoints` in all, labels app=<i % 50>, 50 label-selecting policies) so that every
+     structure keyed by endpoint holds >= `--endpoints` entries (per-endpoint grant sets
+     `in4p`/`in4a` in the first compiler; the `in4`/`eg4` verdict maps, `local4` and the bridge
+     sets with identity groups; the report prints the sizes), and policies that allow A -> B by a set
      lookup, the realistic path. The ruleset is applied with `LibNftables` by a child process in
      the node namespace (libnftables acts in its caller's namespace). Bridged IPv4 reaches
      `inet qnf` forward through br_netfilter, which is on in every new namespace here. A third
      condition, the same policies compiled for A and B alone, separates the fixed cost of the
      ruleset (conntrack, anti-spoofing, chains) from the cost of the big sets. The conditions
-     alternate within each of `--rounds` rounds; the median of each is reported.
+     alternate within each of `--rounds` rounds; reported are the median over rounds of each
+     figure and of each ratio to "no firewall" within a round. Both ends of
+     every measurement run on one CPU (`--cpu`): on these 2-vCPU VMs a wake-up across vCPUs costs
+     ~35 µs and the scheduler flips between placements from run to run (RR p50 ~20 µs on one
+     CPU, ~56 µs across two; iperf3 varies +-10% unpinned), which would swamp the firewall's
+     per-packet cost.
   B. Apply time. In a throwaway namespace: building the model and compiling it (pure, in process)
      and applying the full transaction (libnftables) for 1,000 and `--endpoints` synthetic
      endpoints; then the actor's incremental path on the largest ruleset: one endpoint added and
@@ -128,6 +135,12 @@ def _pct(values: Sequence[float], q: float) -> float:
 
 def _ms(seconds: float) -> float:
     return seconds * 1000
+
+
+def _largest(counts: dict[str, int], top: int = 3) -> str:
+    """The biggest sets, "family name count" each: what a lookup on the data path searches."""
+    biggest = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[:top]
+    return ", ".join(f"{name} {count}" for name, count in biggest)
 
 
 # ---------------------------------------------------------------------- synthetic model
@@ -306,9 +319,10 @@ async def _inner_apply_bench(sizes: list[int], reps: int, deltas: int) -> Json:
                     "endpoints": n,
                     "grants": len(model.grants),
                     "elements": sum(len(v) for v in compiled.elements.values()),
-                    "in4p": len(compiled.elements.get(("inet", "in4p"), [])),
-                    "in4a": len(compiled.elements.get(("inet", "in4a"), [])),
-                    "rules": sum(1 for c in compiled.structure if "rule" in c.get("add", {})),
+                    "largest": _largest(
+                        {f"{f} {name}": len(v) for (f, name), v in compiled.elements.items()}
+                    ),
+                    "rules": sum(1 for c in commands if "rule" in c.get("add", {})),
                     "json_bytes": len(json.dumps({"nftables": commands})),
                     "build_s": t1 - t0,
                     "compile_s": t2 - t1,
@@ -344,7 +358,10 @@ async def _inner_apply_bench(sizes: list[int], reps: int, deltas: int) -> Json:
         out["delta"] = {
             "endpoints": n,
             "structure_unchanged": same,
-            "elements_added": sum(len(c["add"]["element"]["elem"]) for c in add_cmds if "add" in c),
+            "elements_added": sum(
+                len(c["add"]["element"]["elem"]) for c in add_cmds if "element" in c.get("add", {})
+            ),
+            "commands": len(add_cmds),
             "build_s": t1 - t0,
             "compile_s": t2 - t1,
             "digest_s": t3 - t2,
@@ -537,9 +554,26 @@ class Resources:
         self.stack.close()
 
 
-def start_server(res: Resources, ns: str, host: str, ports: list[int]) -> None:
+def pinned(cpu: int | None) -> list[str]:
+    """A `taskset` prefix: client and server on one CPU, see `--cpu`."""
+    return [] if cpu is None else ["taskset", "-c", str(cpu)]
+
+
+def start_server(res: Resources, ns: str, host: str, ports: list[int], cpu: int | None = None) -> None:
     proc = res.spawn(
-        inner_argv(ns, "--inner", "serve", "--host", host, "--ports", ",".join(map(str, ports))),
+        in_ns(
+            ns,
+            *pinned(cpu),
+            sys.executable,
+            "-m",
+            "bench.firewall",
+            "--inner",
+            "serve",
+            "--host",
+            host,
+            "--ports",
+            ",".join(map(str, ports)),
+        ),
         stdout=subprocess.PIPE,
     )
     assert proc.stdout is not None
@@ -579,7 +613,9 @@ class DataPath:
     compile_s: float
     apply_s: float
     kernel_counts: dict[str, int]
+    compiled_counts: dict[str, int]
     br_nf: str
+    cpu: int | None
     samples: dict[str, list[PathSample]] = field(default_factory=dict)
 
     @property
@@ -587,9 +623,22 @@ class DataPath:
         return f"qnf, {self.endpoints} entries"
 
 
-def _sample(a: str, seconds: int, rr_count: int) -> PathSample:
+def _sample(a: str, seconds: int, rr_count: int, cpu: int | None) -> PathSample:
     proc = subprocess.run(
-        in_ns(a, "iperf3", "-c", str(ADDR_B), "-p", str(IPERF_PORT), "-t", str(seconds), "-O", "1", "-J"),
+        in_ns(
+            a,
+            *pinned(cpu),
+            "iperf3",
+            "-c",
+            str(ADDR_B),
+            "-p",
+            str(IPERF_PORT),
+            "-t",
+            str(seconds),
+            "-O",
+            "1",
+            "-J",
+        ),
         capture_output=True,
         text=True,
         timeout=seconds + 60,
@@ -598,7 +647,21 @@ def _sample(a: str, seconds: int, rr_count: int) -> PathSample:
     if proc.returncode != 0 or "error" in doc:
         raise RuntimeError(f"iperf3 failed: {doc.get('error') or proc.stderr.strip()}")
     rr = run_json(
-        inner_argv(a, "--inner", "rr", "--host", str(ADDR_B), "--port", str(RR_PORT), "--rr", str(rr_count))
+        in_ns(
+            a,
+            *pinned(cpu),
+            sys.executable,
+            "-m",
+            "bench.firewall",
+            "--inner",
+            "rr",
+            "--host",
+            str(ADDR_B),
+            "--port",
+            str(RR_PORT),
+            "--rr",
+            str(rr_count),
+        )
     )
     closed = run_json(inner_argv(a, "--inner", "connect", "--host", str(ADDR_B), "--port", str(CLOSED_PORT)))
     return PathSample(
@@ -606,7 +669,9 @@ def _sample(a: str, seconds: int, rr_count: int) -> PathSample:
     )
 
 
-def bench_datapath(res: Resources, total: int, seconds: int, rounds: int, rr_count: int) -> DataPath:
+def bench_datapath(
+    res: Resources, total: int, seconds: int, rounds: int, rr_count: int, cpu: int | None
+) -> DataPath:
     """Rounds of: no tables, the ruleset of A and B alone, the ruleset with `total` endpoints."""
     from services.firewall.core.compiler import compile_model
     from services.firewall.core.model import build
@@ -624,8 +689,11 @@ def bench_datapath(res: Resources, total: int, seconds: int, rounds: int, rr_cou
     br_nf = subprocess.run(
         in_ns(node, "cat", "/proc/sys/net/bridge/bridge-nf-call-iptables"), capture_output=True, text=True
     ).stdout.strip()
-    res.spawn(in_ns(b, "iperf3", "-s", "-B", str(ADDR_B), "-p", str(IPERF_PORT)), stdout=subprocess.DEVNULL)
-    start_server(res, b, str(ADDR_B), [RR_PORT])
+    res.spawn(
+        in_ns(b, *pinned(cpu), "iperf3", "-s", "-B", str(ADDR_B), "-p", str(IPERF_PORT)),
+        stdout=subprocess.DEVNULL,
+    )
+    start_server(res, b, str(ADDR_B), [RR_PORT], cpu)
     wait_listening(b, IPERF_PORT)
 
     policies = [*group_policies(), *pair_policies([IPERF_PORT, RR_PORT])]
@@ -643,18 +711,19 @@ def bench_datapath(res: Resources, total: int, seconds: int, rounds: int, rr_cou
         files[label] = res.tmp / f"ruleset-{len(files)}.json"
         files[label].write_text(json.dumps(ruleset))
 
-    result = DataPath(total, len(policies), compile_s, 0.0, {}, br_nf)
+    compiled_counts = {f"{f} {name}": len(v) for (f, name), v in compiled.elements.items()}
+    result = DataPath(total, len(policies), compile_s, 0.0, {}, compiled_counts, br_nf, cpu)
     result.samples = {OFF: [], SMALL: [], result.full: []}
     for r in range(rounds):
         log(f"  A round {r + 1}/{rounds}: {OFF}")
-        result.samples[OFF].append(_sample(a, seconds, rr_count))
+        result.samples[OFF].append(_sample(a, seconds, rr_count, cpu))
         for label, key in ((SMALL, SMALL), (result.full, "full")):
             applied = run_json(inner_argv(node, "--inner", "nft", "--file", str(files[key])))
             log(f"  A round {r + 1}/{rounds}: {label} ({applied['apply_s'] * 1000:.0f} ms to apply)")
             if key == "full":
                 result.apply_s = applied["apply_s"]
                 result.kernel_counts = applied["counts"] or {}
-            result.samples[label].append(_sample(a, seconds, rr_count))
+            result.samples[label].append(_sample(a, seconds, rr_count, cpu))
             run_json(inner_argv(node, "--inner", "nft", "--file", str(files["delete"])))
     return result
 
@@ -665,19 +734,29 @@ def report_datapath(d: DataPath) -> float:
     def med(label: str, key: str) -> float:
         return float(statistics.median(float(getattr(s, key)) for s in d.samples[label]))
 
-    counts = d.kernel_counts
+    def ratio(label: str, key: str) -> float:
+        """Median over rounds of the ratio within a round: adjacent runs share the machine's drift."""
+        pairs = zip(d.samples[label], d.samples[OFF], strict=True)
+        return float(statistics.median(getattr(s, key) / getattr(o, key) for s, o in pairs))
+
+    counts = d.compiled_counts
     print()
     print(f"A. data path: A {ADDR_A} -> B {ADDR_B}, two netns on a bridge in a node netns")
     print(
-        f"   ruleset: {d.endpoints} endpoints, {d.policies} policies; in the kernel: "
-        f"in4p {counts.get('inet in4p', '?')}, in4a {counts.get('inet in4a', '?')}, "
-        f"eg4p {counts.get('inet eg4p', '?')}, bridge src4 {counts.get('bridge src4', '?')} elements"
+        f"   ruleset: {d.endpoints} endpoints, {d.policies} policies; {sum(counts.values())} set/map "
+        f"elements, the largest: {_largest(counts, 6)}"
     )
+    missing = sorted(k for k, n in counts.items() if n and d.kernel_counts.get(k) != n)
+    if missing:
+        print(
+            f"   (not in `element_counts`' listing of the kernel, or differing there: {', '.join(missing)})"
+        )
     print(
         f"   build+compile {d.compile_s * 1000:.0f} ms (pure), apply {d.apply_s * 1000:.0f} ms (libnftables, "
         f"one transaction); bridge-nf-call-iptables = {d.br_nf}"
     )
-    print(f"   median of {len(d.samples[OFF])} rounds, the conditions alternating within each round")
+    where = "unpinned" if d.cpu is None else f"clients and servers pinned to CPU {d.cpu}"
+    print(f"   median of {len(d.samples[OFF])} rounds, the conditions alternating within each round; {where}")
     header = (
         f"   {'':22} {'TCP Gbit/s':>10} {'RR p50 µs':>10} {'RR p99 µs':>10} {'Gbit/s x':>8}"
         f" {'p50 x':>6} {'p99 x':>6}  tcp/{CLOSED_PORT} (no grant)"
@@ -685,23 +764,19 @@ def report_datapath(d: DataPath) -> float:
     print(header)
     print("   " + "-" * (len(header) - 3))
     for label, samples in d.samples.items():
-        ratios = (
-            med(label, "gbps") / med(OFF, "gbps"),
-            med(label, "rr_p50_us") / med(OFF, "rr_p50_us"),
-            med(label, "rr_p99_us") / med(OFF, "rr_p99_us"),
-        )
+        ratios = (ratio(label, "gbps"), ratio(label, "rr_p50_us"), ratio(label, "rr_p99_us"))
         print(
             f"   {label:22} {med(label, 'gbps'):10.2f} {med(label, 'rr_p50_us'):10.1f}"
             f" {med(label, 'rr_p99_us'):10.1f} {ratios[0]:7.2f}x {ratios[1]:5.2f}x {ratios[2]:5.2f}x"
             f"  {'/'.join(sorted({s.closed_port for s in samples}))}"
         )
-    print("   (x: ratio to no firewall; per round, Gbit/s and RR p50 µs:)")
+    print("   (x: median over rounds of the ratio to no firewall in the same round; Gbit/s and RR p50 µs:)")
     for r in range(len(d.samples[OFF])):
         print(
             f"     round {r + 1}: "
             + "   ".join(f"{label} {s[r].gbps:.2f} / {s[r].rr_p50_us:.1f}" for label, s in d.samples.items())
         )
-    return med(d.full, "gbps") / med(OFF, "gbps")
+    return ratio(d.full, "gbps")
 
 
 # ---------------------------------------------------------------------- B: apply time
@@ -730,18 +805,18 @@ def report_apply(b: Json) -> float:
     print()
     print("B. ruleset apply (throwaway netns; build and compile are pure Python, apply is libnftables)")
     header = (
-        f"   {'endpoints':>9} {'grants':>7} {'elements':>8} {'in4p':>6} {'in4a':>6} {'rules':>5}"
+        f"   {'endpoints':>9} {'grants':>7} {'elements':>8} {'rules':>5}"
         f" {'JSON MB':>7} {'build ms':>8} {'compile ms':>10} {'apply ms':>8} {'replace ms':>10}"
-        f" {'list ms':>7}"
+        f" {'list ms':>7}  largest sets"
     )
     print(header)
     print("   " + "-" * (len(header) - 3))
     for s in b["sizes"]:
         print(
-            f"   {s['endpoints']:9} {s['grants']:7} {s['elements']:8} {s['in4p']:6} {s['in4a']:6}"
-            f" {s['rules']:5} {s['json_bytes'] / 1e6:7.1f} {_ms(s['build_s']):8.0f}"
-            f" {_ms(s['compile_s']):10.0f}"
+            f"   {s['endpoints']:9} {s['grants']:7} {s['elements']:8} {s['rules']:5}"
+            f" {s['json_bytes'] / 1e6:7.1f} {_ms(s['build_s']):8.0f} {_ms(s['compile_s']):10.0f}"
             f" {_ms(s['apply_first_s']):8.0f} {_ms(s['apply_replace_s']):10.0f} {_ms(s['list_sets_s']):7.0f}"
+            f"  {s['largest']}"
         )
     print("   (apply: into an empty kernel; replace: the same full transaction over the loaded tables;")
     print("    list: `element_counts`, the drift check's listing of every set, run every 10 s by the actor)")
@@ -756,8 +831,9 @@ def report_apply(b: Json) -> float:
     work = d["build_s"] + d["compile_s"] + d["digest_s"] + d["diff_s"] + statistics.median(apply_all)
     print()
     print(
-        f"   incremental change at {d['endpoints']} endpoints (one endpoint added, {d['elements_added']} "
-        f"elements; structure unchanged: {d['structure_unchanged']}), as the actor does it:"
+        f"   incremental change at {d['endpoints']} endpoints (one endpoint added: {d['commands']} commands, "
+        f"{d['elements_added']} elements; base structure unchanged: {d['structure_unchanged']}), "
+        "as the actor does it:"
     )
     print(
         f"     build {_ms(d['build_s']):.0f} ms + compile {_ms(d['compile_s']):.0f} ms + digests "
@@ -1022,9 +1098,12 @@ def bench(args: argparse.Namespace) -> int:
             f"{args.rounds} rounds, {args.rr} round trips per RR run, {args.changes} changes per kind "
             f"({os.cpu_count()} CPUs, load average {load} at the start)"
         )
+        cpu = None if args.cpu < 0 else args.cpu
         if "A" in parts:
             log("A: data path")
-            tput = report_datapath(bench_datapath(res, args.endpoints, args.seconds, args.rounds, args.rr))
+            tput = report_datapath(
+                bench_datapath(res, args.endpoints, args.seconds, args.rounds, args.rr, cpu)
+            )
             checks.append(
                 (
                     f"[A] throughput with {args.endpoints} entries {tput:.2f}x >= {TARGET_RATIO}x",
@@ -1100,6 +1179,12 @@ def main() -> int:
     )
     parser.add_argument("--rr", type=int, default=20_000, help="round trips per RR run (default 20000)")
     parser.add_argument("--changes", type=int, default=30, help="changes of each kind in C (default 30)")
+    parser.add_argument(
+        "--cpu",
+        type=int,
+        default=max(os.sched_getaffinity(0)),
+        help="CPU for both ends of the iperf3 and RR runs in A; -1: unpinned (default: the last CPU)",
+    )
     parser.add_argument("--parts", default="ABC", help="which parts to run, e.g. AC (default ABC)")
     parser.add_argument("--fabric-extra", type=int, default=0, help="extra real endpoints in C (default 0)")
     internal = parser.add_argument_group("internal (the child processes inside namespaces)")
@@ -1120,7 +1205,9 @@ def main() -> int:
         parser.error("--endpoints must be 1000..60000; --seconds, --rounds and --changes >= 1")
     if os.geteuid() != 0:
         parser.error("needs root (network namespaces)")
+    # Both explicitly: a shell without job control starts background jobs with SIGINT ignored.
     signal.signal(signal.SIGTERM, _terminate)  # so `finally` cleans up on kill too
+    signal.signal(signal.SIGINT, _terminate)
     return bench(args)
 
 

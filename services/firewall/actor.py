@@ -44,7 +44,7 @@ from libs.common.metrics import LATENCY_BUCKETS
 from libs.common.service import Context
 from services.firewall.adapters.nft import Nft
 from services.firewall.core import k8s
-from services.firewall.core.compiler import Compiled, compile_model
+from services.firewall.core.compiler import FAMILY, TABLE, Compiled, compile_model, group_chains, group_sets
 from services.firewall.core.explain import explain
 from services.firewall.core.keys import policy_key, ref_key
 from services.firewall.core.model import build
@@ -183,8 +183,11 @@ class FirewallActor:
             try:
                 await self.reconcile_once()
                 delay = 0.5
-            except QnfError as exc:
-                log.error("applying the firewall failed (previous ruleset stays in force): %s", exc)
+            except Exception as exc:  # a compiler bug included: keep the loop, keep the old ruleset
+                if isinstance(exc, QnfError):
+                    log.error("applying the firewall failed (previous ruleset stays in force): %s", exc)
+                else:
+                    log.exception("compiling the firewall failed (previous ruleset stays in force)")
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, RETRY_MAX_S)
                 self._changed.set()
@@ -306,17 +309,35 @@ class FirewallActor:
 
 
 def _delta(old: Compiled, new: Compiled) -> list[dict[str, Any]]:
-    """Element deletions then additions, per set, as one batch."""
+    """One batch from `old` to `new` with the same base: element deletions, the removal of groups
+    that are gone, the objects of new groups, then element additions (each step only refers to
+    what the steps before it left in place)."""
+    removed = sorted(set(old.groups) - set(new.groups))
+    added = sorted(set(new.groups) - set(old.groups))
+    dying = {(FAMILY, name) for gid in removed for name in group_sets(gid)}
     deletes, adds = [], []
     for key in sorted(set(old.elements) | set(new.elements)):
+        if old.elements.get(key) == new.elements.get(key):
+            continue  # the common case: compiled in the same order, so equal lists compare fast
         family, name = key
         before = {json.dumps(e, sort_keys=True): e for e in old.elements.get(key, [])}
         after = {json.dumps(e, sort_keys=True): e for e in new.elements.get(key, [])}
+        target = {"family": family, "table": TABLE, "name": name}
         gone = [before[k] for k in sorted(set(before) - set(after))]
+        if gone and key not in dying:
+            # Map elements are deleted by key alone.
+            keys = [e[0] if isinstance(e, list) else e for e in gone]
+            deletes.append({"delete": {"element": {**target, "elem": keys}}})
         came = [after[k] for k in sorted(set(after) - set(before))]
-        target = {"family": family, "table": "qnf", "name": name}
-        if gone:
-            deletes.append({"delete": {"element": {**target, "elem": gone}}})
         if came:
             adds.append({"add": {"element": {**target, "elem": came}}})
-    return deletes + adds
+    teardown: list[dict[str, Any]] = []
+    for gid in removed:
+        for chain in group_chains(gid):
+            teardown.append({"flush": {"chain": {"family": FAMILY, "table": TABLE, "name": chain}}})
+        for chain in group_chains(gid):
+            teardown.append({"delete": {"chain": {"family": FAMILY, "table": TABLE, "name": chain}}})
+        for name in group_sets(gid):
+            teardown.append({"delete": {"set": {"family": FAMILY, "table": TABLE, "name": name}}})
+    build = [cmd for gid in added for cmd in new.groups[gid]]
+    return deletes + teardown + build + adds

@@ -37,7 +37,7 @@ from services.firewall.core import k8s
 from services.firewall.core.compiler import Box, Compiled, compile_model, disjoint
 from services.firewall.core.explain import explain
 from services.firewall.core.keys import policy_key, ref_key
-from services.firewall.core.model import Model, build, policy_types
+from services.firewall.core.model import Model, build, group_id, policy_types
 from services.firewall.core.selectors import NETWORK_NAME_LABEL, matches
 from services.firewall.core.validate import validate
 
@@ -507,7 +507,7 @@ def test_a_non_local_end_is_judged_by_its_own_node() -> None:
     )
     m = build(NETWORKS, [*ENDPOINTS, remote], [db_in], node="n1")
     assert ip_address("10.1.0.50") not in m.local
-    assert all(g.local != ip_address("10.1.0.50") for g in m.grants)
+    assert ip_address("10.1.0.50") not in m.group_of
     # remote's egress is n2's business; on n1 only db's ingress decides.
     assert_allowed(judge(m, remote, DB, port=5432), "db-in", "ingress[0]")
 
@@ -618,7 +618,9 @@ def test_empty_endpoint_selector_selects_every_endpoint_of_its_network_only() ->
     m = model_of(everything)
     for src, dst in [(WEB, DB), (DB, CACHE), (CACHE, API), (API, WEB)]:
         assert_allowed(judge(m, src, dst, port=1234), "all", "ingress[0]")
-    assert {g.local for g in m.grants} == {ip_address(addr(e)) for e in (WEB, DB, CACHE, API)}
+    assert {a for g in m.grants for a in m.groups[g.group]} == {
+        ip_address(addr(e)) for e in (WEB, DB, CACHE, API)
+    }
     # Red is zero-trust too and the blue policy does not select its endpoints.
     assert_denied(judge(m, RED_API, RED_DB, port=1), "egress")
     # endpointSelector {} as a peer means blue's endpoints only.
@@ -1111,7 +1113,7 @@ def test_admin_network_selector_picks_subject_networks() -> None:
     m = model_of(deny, allow_ingress("red"), allow_egress("red"), *OPEN_BLUE)
     assert_denied(judge(m, RED_API, RED_DB, port=1), "ingress", "deny-red", "ingress[0]")
     assert_allowed(judge(m, WEB, DB, port=1), "ingress-all", "ingress[0]")
-    assert {g.local for g in m.grants if g.tier == "admin"} == {
+    assert {a for g in m.grants if g.tier == "admin" for a in m.admin_subjects[g.group]} == {
         ip_address("10.2.0.10"),
         ip_address("10.2.0.20"),
     }
@@ -1274,6 +1276,11 @@ def test_structure_does_not_change_when_a_label_moves_an_endpoint_into_an_admin_
     assert before.structure_digest() == after.structure_digest()
 
 
+def elems(c: Compiled, endpoint: Any, kind: str) -> list[Any]:
+    """Elements of an endpoint's identity-group set, `kind` like "in4p" or "eg4a"."""
+    return c.elements[("inet", f"{kind[:2]}_{group_id(endpoint)}_{kind[2:]}")]
+
+
 def span(elem: Any) -> tuple[int, int]:
     """The address interval of an nft JSON address element: address, prefix or range."""
     if isinstance(elem, str):
@@ -1326,11 +1333,11 @@ def test_disjoint_examples(boxes: list[Box], expected: list[Box]) -> None:
 def test_grant_elements_land_in_the_right_sets() -> None:
     c = compiled()
     # db-in: ingress of db (local) from web (peer), TCP 5432.
-    assert {"concat": ["10.1.0.20", "10.1.0.10", 6, 5432]} in c.elements[("inet", "in4p")]
+    assert {"concat": ["10.1.0.10", 6, 5432]} in elems(c, DB, "in4p")
     # egress-all in zero-trust blue: own network plus outside, every protocol ("a" elements), never red
     # or green (other fabric networks).
-    covered = [span(e["concat"][1]) for e in c.elements[("inet", "eg4a")] if e["concat"][0] == "10.1.0.10"]
-    assert all(e["concat"][2] == {"range": [0, 255]} for e in c.elements[("inet", "eg4a")])
+    covered = [span(e["concat"][0]) for e in elems(c, WEB, "eg4a")]
+    assert all(e["concat"][1] == {"range": [0, 255]} for e in elems(c, WEB, "eg4a"))
     for inside in ("10.1.0.0", "10.1.0.20", "10.1.0.255", OUTSIDE, "0.0.0.0", "255.255.255.255"):
         assert any(lo <= int(ip_address(inside)) <= hi for lo, hi in covered), inside
     for other in (RED.subnet, GREEN.subnet):
@@ -1338,13 +1345,11 @@ def test_grant_elements_land_in_the_right_sets() -> None:
             lo <= int(other.broadcast_address) and int(other.network_address) <= hi for lo, hi in covered
         )
     # red's ingress from blue's whole subnet.
-    assert {
-        "concat": ["10.2.0.10", {"prefix": {"addr": "10.1.0.0", "len": 24}}, {"range": [0, 255]}]
-    } in c.elements[("inet", "in4a")]
+    assert {"concat": [{"prefix": {"addr": "10.1.0.0", "len": 24}}, {"range": [0, 255]}]} in elems(
+        c, RED_API, "in4a"
+    )
     # ICMP has no port: an "a" element with protocol 1.
-    assert {"concat": ["10.3.0.20", {"prefix": {"addr": "0.0.0.0", "len": 0}}, 1]} in c.elements[
-        ("inet", "in4a")
-    ]
+    assert {"concat": [{"prefix": {"addr": "0.0.0.0", "len": 0}}, 1]} in elems(c, GB, "in4a")
     # Open directions and locals.
     assert c.elements[("inet", "in_open4")] == ["10.3.0.10"]
     assert c.elements[("inet", "eg_open4")] == ["10.3.0.10", "10.3.0.20"]
@@ -1362,14 +1367,15 @@ def test_port_range_and_admin_elements() -> None:
         ],
     )
     c = compiled(policies=[ranged, ADMIN])
-    assert {
-        "concat": ["10.1.0.10", {"prefix": {"addr": "198.51.100.0", "len": 24}}, 6, {"range": [8000, 8080]}]
-    } in c.elements[("inet", "in4p")]
+    assert {"concat": [{"prefix": {"addr": "198.51.100.0", "len": 24}}, 6, {"range": [8000, 8080]}]} in elems(
+        c, WEB, "in4p"
+    )
     admin_sets = [k for k in c.elements if k[1].startswith("adm_")]
     filled = [k for k in admin_sets if c.elements[k]]
-    assert filled and all(k[1].endswith(("_e4p", "_e4a")) for k in filled)
-    ported = next(v for k, v in c.elements.items() if k[1].endswith("_e4p"))
-    assert {"concat": ["10.1.0.10", {"prefix": {"addr": "0.0.0.0", "len": 0}}, 6, 25]} in ported
+    # Subjects: only IPv4 endpoints here; peers: the whole world of both versions, port 25.
+    assert {k[1].rsplit("_", 1)[1] for k in filled} == {"4p", "6p", "s4"}
+    ported = next(v for k, v in c.elements.items() if k[1].startswith("adm_") and k[1].endswith("_4p"))
+    assert {"concat": [{"prefix": {"addr": "0.0.0.0", "len": 0}}, 6, 25]} in ported
 
 
 def test_anti_spoofing_elements_cover_every_local_endpoint() -> None:
@@ -1390,13 +1396,13 @@ def test_compile_for_a_node_omits_other_nodes_endpoints() -> None:
     assert remote.host_ifname not in flat
     assert remote.mac not in flat
     assert "10.1.0.70" not in c.elements[("inet", "local4")]
-    for key in (("inet", "in4p"), ("inet", "in4a"), ("inet", "eg4p"), ("inet", "eg4a")):
-        assert all(e["concat"][0] != "10.1.0.70" for e in c.elements[key])
+    for vmap in ("in4", "eg4"):
+        assert all(e[0] != "10.1.0.70" for e in c.elements[("inet", vmap)])
     # On n2, it is the only local endpoint.
     c2 = compiled([*ENDPOINTS, remote], node="n2")
     assert c2.elements[("inet", "local4")] == ["10.1.0.70"]
     assert c2.elements[("bridge", "src4")] == [{"concat": [remote.host_ifname, remote.mac, "10.1.0.70"]}]
-    assert {"concat": ["10.1.0.70", "10.1.0.10", 6, 5432]} in c2.elements[("inet", "in4p")]
+    assert {"concat": ["10.1.0.10", 6, 5432]} in elems(c2, remote, "in4p")
 
 
 # ---------------------------------------------------------------- 5. Kubernetes translation
@@ -1608,3 +1614,39 @@ def test_policy_keys(body: dict[str, Any], key: str) -> None:
     p = spec(**body)
     assert policy_key(p) == key
     assert ref_key(p.name, p.network) == key
+
+
+def test_dual_stack_endpoints_compile_into_both_vmaps() -> None:
+    dual_net = Network(
+        name="dual",
+        subnet="10.9.0.0/24",
+        gateway="10.9.0.1",
+        subnet6="fd00:9::/64",
+        gateway6="fd00:9::1",
+        bridge="qnf-d",
+        created_ms=0,
+        isolation="default-allow",
+    )
+    e = Endpoint(
+        endpoint_id="d1",
+        request_id="r",
+        container_id="d1",
+        ifname="eth0",
+        netns="/x",
+        node="n1",
+        network="dual",
+        name="d1",
+        labels={},
+        identity="spiffe://qnf.test/network/dual/endpoint/d1",
+        mac="02:00:00:00:00:d1",
+        mtu=1500,
+        host_ifname="q00000000d1",
+        addresses=[ip_interface("10.9.0.2/24"), ip_interface("fd00:9::2/64")],
+        gateways=[ip_address("10.9.0.1"), ip_address("fd00:9::1")],
+        created_ms=0,
+    )
+    c = compile_model(build([dual_net], [e], [], node="n1"), [e])
+    gid = group_id(e)
+    assert c.elements[("inet", "in4")] == [["10.9.0.2", {"goto": {"target": f"in_{gid}"}}]]
+    assert c.elements[("inet", "eg6")] == [["fd00:9::2", {"goto": {"target": f"eg_{gid}"}}]]
+    assert c.elements[("inet", "in_open6")] == ["fd00:9::2"]

@@ -58,14 +58,15 @@ class LibNftables:
     def _counts(self) -> dict[tuple[str, str], int] | None:
         out: dict[tuple[str, str], int] = {}
         for family in ("inet", "bridge"):
-            rc, text, _ = self._ctx().cmd(f"list sets {family}")
-            if rc != 0:
-                return None
-            doc = json.loads(text) if isinstance(text, str) else text
-            for item in doc.get("nftables", []):
-                s = item.get("set")
-                if s and s.get("table") == TABLE:
-                    out[(family, s["name"])] = len(s.get("elem", []))
+            for kind in ("sets", "maps"):
+                rc, text, _ = self._ctx().cmd(f"list {kind} {family}")
+                if rc != 0:
+                    return None
+                doc = json.loads(text) if isinstance(text, str) else text
+                for item in doc.get("nftables", []):
+                    obj = item.get(kind[:-1])
+                    if obj and obj.get("table") == TABLE:
+                        out[(family, obj["name"])] = len(obj.get("elem", []))
         return out
 
     async def apply(self, commands: list[dict[str, Any]]) -> None:

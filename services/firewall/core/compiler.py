@@ -3,15 +3,18 @@
     table inet qnf        stateful policy (conntrack): forward, input (to gateways), output
     table bridge qnf      stateless anti-spoofing on the fabric's veths (no conntrack there)
 
-Per-packet cost is independent of the number of endpoints and policies: every decision is a
-lookup in a concatenated interval set keyed by (local address . peer address . protocol
-[. port]); normal-tier grants of every endpoint share four sets per family. Only admin-tier
-rules, which are few and ordered, are rules of their own (one rule and one set each).
+Per-packet cost is independent of the number of endpoints and policies: a packet from (to) a
+local endpoint takes one verdict-map lookup from its address to its identity group's chain, and
+there one lookup in a concatenated interval set keyed by (peer . protocol [. port]) that holds
+the union of everything the group may do. Endpoints that share network, labels and named ports
+share a group, its chain and its sets, so the elements grow with groups x peers, not with
+endpoints x peers. Only admin-tier rules, which are few and ordered, are rules of their own.
 
-The output is split into a *structure* (tables, chains, rules, set declarations) and the
-*elements* of each set, so that an endpoint or label change is applied as element deltas in one
-transaction and only a structural change (admin tier) reloads the tables. Output is canonically
-ordered: the same inputs give byte-identical JSON.
+The output is split into the *base* (tables, base chains, admin tier), one block of *group*
+objects (two chains and eight sets) per identity group, and the *elements* of every set. An
+endpoint or label change adds or removes groups and set elements in one transaction; only a
+change of the base (the admin tier) reloads the tables. Output is canonically ordered: the same
+inputs give byte-identical JSON.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from ipaddress import IPv6Address, IPv6Network, ip_address, ip_network
 from typing import Any, Final
 
 from libs.common.messages import Endpoint
-from services.firewall.core.model import ALL_PORTS, Address, AdminRule, Grant, Model
+from services.firewall.core.model import ALL_PORTS, AdminRule, Grant, Model
 
 TABLE: Final = "qnf"
 FAMILY: Final = "inet"
@@ -36,9 +39,10 @@ Json = dict[str, Any]
 
 @dataclass(frozen=True)
 class Compiled:
-    """Structure and set elements; `elements` maps (family, set name) to canonical element JSON."""
+    """Base structure, per-group structure, and set elements keyed by (family, set name)."""
 
     structure: list[Json]
+    groups: dict[str, list[Json]]
     elements: dict[tuple[str, str], list[Any]]
 
     def full(self) -> list[Json]:
@@ -48,6 +52,8 @@ class Compiled:
             table = {"family": family, "name": TABLE}
             cmds += [{"add": {"table": table}}, {"delete": {"table": table}}]
         cmds += self.structure
+        for gid in sorted(self.groups):
+            cmds += self.groups[gid]
         for (family, name), elems in sorted(self.elements.items()):
             if elems:
                 cmds.append(
@@ -56,7 +62,17 @@ class Compiled:
         return cmds
 
     def structure_digest(self) -> str:
+        """Digest of the base only: group objects come and go as deltas."""
         return hashlib.sha256(json.dumps(self.structure, sort_keys=True).encode()).hexdigest()
+
+
+def group_sets(gid: str) -> list[str]:
+    """The names of a group's eight sets."""
+    return [f"{d}_{gid}_{v}{k}" for d in ("in", "eg") for v in ("4", "6") for k in ("p", "a")]
+
+
+def group_chains(gid: str) -> list[str]:
+    return [f"in_{gid}", f"eg_{gid}"]
 
 
 def comment(owner: str) -> str:
@@ -115,21 +131,26 @@ def _ip(version: int, which: str) -> Json:
 
 
 def _lookup_rules(
-    chain: str, version: int, local: str, peer: str, prefix: str, verdict: Json, owner: str
+    chain: str,
+    version: int,
+    peer: str,
+    sets: str,
+    verdict: Json,
+    owner: str | None,
+    guard: Json | None = None,
 ) -> list[Json]:
-    """Two rules: (local . peer . proto . port) for port protocols, (local . peer . proto) for the rest."""
+    """Two rules: (peer . proto . port) for port protocols, (peer . proto) for the rest."""
     v = _v(version)
+    first = [guard] if guard else []
     return [
         _rule(
             FAMILY,
             chain,
-            [
+            first
+            + [
                 _match(_meta("l4proto"), {"set": list(PORT_PROTOS)}),
                 _match(
-                    _concat(
-                        _ip(version, local), _ip(version, peer), _meta("l4proto"), _payload("th", "dport")
-                    ),
-                    f"@{prefix}{v}p",
+                    _concat(_ip(version, peer), _meta("l4proto"), _payload("th", "dport")), f"@{sets}_{v}p"
                 ),
                 verdict,
             ],
@@ -138,8 +159,9 @@ def _lookup_rules(
         _rule(
             FAMILY,
             chain,
-            [
-                _match(_concat(_ip(version, local), _ip(version, peer), _meta("l4proto")), f"@{prefix}{v}a"),
+            first
+            + [
+                _match(_concat(_ip(version, peer), _meta("l4proto")), f"@{sets}_{v}a"),
                 verdict,
             ],
             owner,
@@ -197,46 +219,69 @@ def _addr_range(version: int, lo: int, hi: int) -> Any:
 
 
 def _grant_elements(grants: Iterable[Grant]) -> dict[str, list[Any]]:
-    """Set elements ("p" and "a" suffixes) for grants of one set family, made disjoint per local address."""
-    ported: dict[tuple[Address, int], list[Box]] = {}
-    other: dict[Address, list[Box]] = {}
+    """Elements of a group's (or admin rule's) sets, by suffix "4p", "4a", "6p", "6a"; disjoint."""
+    ported: dict[tuple[int, int], list[Box]] = {}
+    other: dict[int, list[Box]] = {}
     for g in grants:
         lo, hi = int(g.peer.network_address), int(g.peer.broadcast_address)
         if g.proto in PORT_PROTOS:
             plo, phi = g.ports or ALL_PORTS
-            ported.setdefault((g.local, g.proto), []).append((lo, hi, plo, phi))
+            ported.setdefault((g.peer.version, g.proto), []).append((lo, hi, plo, phi))
         else:
             proto_lo, proto_hi = (0, 255) if g.proto is None else (g.proto, g.proto)
-            other.setdefault(g.local, []).append((lo, hi, proto_lo, proto_hi))
-    out: dict[str, list[Any]] = {"p": [], "a": []}
-    for (local, proto), boxes in sorted(ported.items(), key=lambda kv: (int(kv[0][0]), kv[0][1])):
+            other.setdefault(g.peer.version, []).append((lo, hi, proto_lo, proto_hi))
+    out: dict[str, list[Any]] = {"4p": [], "4a": [], "6p": [], "6a": []}
+    for (version, proto), boxes in sorted(ported.items()):
         for lo, hi, plo, phi in disjoint(boxes):
-            out["p"].append(
-                {"concat": [str(local), _addr_range(local.version, lo, hi), proto, _range(plo, phi)]}
-            )
-    for local, boxes in sorted(other.items(), key=lambda kv: int(kv[0])):
+            out[f"{version}p"].append({"concat": [_addr_range(version, lo, hi), proto, _range(plo, phi)]})
+    for version, boxes in sorted(other.items()):
         for lo, hi, a, z in disjoint(boxes):
-            out["a"].append({"concat": [str(local), _addr_range(local.version, lo, hi), _range(a, z)]})
+            out[f"{version}a"].append({"concat": [_addr_range(version, lo, hi), _range(a, z)]})
     return out
 
 
-def _admin_set(rule: AdminRule, version: int) -> str:
-    digest = hashlib.sha256(f"{rule.policy}/{rule.rule}/{rule.order}".encode()).hexdigest()[:10]
-    return f"adm_{digest}_{rule.direction[0]}{_v(version)}"
+def _admin_name(rule: AdminRule) -> str:
+    return "adm_" + hashlib.sha256(f"{rule.policy}/{rule.rule}/{rule.order}".encode()).hexdigest()[:10]
+
+
+def _peer_sets(family: str, prefix: str) -> list[Json]:
+    specs = []
+    for v, addr in (("4", "ipv4_addr"), ("6", "ipv6_addr")):
+        specs += [
+            (f"{prefix}_{v}p", [addr, "inet_proto", "inet_service"], True),
+            (f"{prefix}_{v}a", [addr, "inet_proto"], True),
+        ]
+    return _sets(family, specs)
+
+
+def _group_objects(gid: str) -> list[Json]:
+    """A group's sets and its two chains, the same shape for every group."""
+    out = _peer_sets(FAMILY, f"in_{gid}") + _peer_sets(FAMILY, f"eg_{gid}")
+    for chain, peer, allow in (
+        (f"in_{gid}", "saddr", {"accept": None}),
+        (f"eg_{gid}", "daddr", {"return": None}),
+    ):
+        out.append({"add": {"chain": {"family": FAMILY, "table": TABLE, "name": chain}}})
+        for version in (4, 6):
+            out += _lookup_rules(chain, version, peer, chain, allow, None)
+        what = "ingress" if chain.startswith("in_") else "egress"
+        out.append(_rule(FAMILY, chain, [{"counter": None}, {"drop": None}], f"default deny {what} {gid}"))
+    return out
 
 
 def compile_model(model: Model, endpoints: Iterable[Endpoint]) -> Compiled:
-    """The fabric's nftables for this node: structure plus set elements."""
+    """The fabric's nftables for this node: base, group objects and set elements."""
     structure: list[Json] = [
         {"add": {"table": {"family": FAMILY, "name": TABLE}}},
         {"add": {"table": {"family": BRIDGE_FAMILY, "name": TABLE}}},
     ]
     elements: dict[tuple[str, str], list[Any]] = {}
 
-    def put(family: str, name: str, elems: Iterable[Any]) -> None:
+    def put(name: str, elems: Iterable[Any], family: str = FAMILY) -> None:
         elements.setdefault((family, name), []).extend(elems)
 
     for v, addr_type in (("4", "ipv4_addr"), ("6", "ipv6_addr")):
+        version = int(v)
         structure += _sets(
             FAMILY,
             [
@@ -244,41 +289,38 @@ def compile_model(model: Model, endpoints: Iterable[Endpoint]) -> Compiled:
                 (f"gw{v}", [addr_type], False),
                 (f"in_open{v}", [addr_type], False),
                 (f"eg_open{v}", [addr_type], False),
-                (f"in{v}p", [addr_type, addr_type, "inet_proto", "inet_service"], True),
-                (f"in{v}a", [addr_type, addr_type, "inet_proto"], True),
-                (f"eg{v}p", [addr_type, addr_type, "inet_proto", "inet_service"], True),
-                (f"eg{v}a", [addr_type, addr_type, "inet_proto"], True),
             ],
         )
-        version = int(v)
-        put(FAMILY, f"local{v}", [str(a) for a in sorted(a for a in model.local if a.version == version)])
-        put(FAMILY, f"gw{v}", [str(a) for a in sorted(a for a in model.gateways if a.version == version)])
-        put(
-            FAMILY,
-            f"in_open{v}",
-            [str(a) for a in sorted(a for a in model.open_ingress if a.version == version)],
-        )
-        put(
-            FAMILY,
-            f"eg_open{v}",
-            [str(a) for a in sorted(a for a in model.open_egress if a.version == version)],
-        )
+        for direction in ("in", "eg"):
+            structure.append(
+                {
+                    "add": {
+                        "map": {
+                            "family": FAMILY,
+                            "table": TABLE,
+                            "name": f"{direction}{v}",
+                            "type": addr_type,
+                            "map": "verdict",
+                        }
+                    }
+                }
+            )
+            put(
+                f"{direction}{v}",
+                [
+                    [str(a), {"goto": {"target": f"{direction}_{gid}"}}]
+                    for gid, members in model.groups.items()
+                    for a in sorted(a for a in members if a.version == version)
+                ],
+            )
+        for name, addrs in (
+            ("local", model.local),
+            ("gw", model.gateways),
+            ("in_open", model.open_ingress),
+            ("eg_open", model.open_egress),
+        ):
+            put(f"{name}{v}", [str(a) for a in sorted(a for a in addrs if a.version == version)])
 
-    admin_grants: dict[tuple[str, str, str, int], list[Grant]] = {}
-    for g in model.grants:
-        if g.tier == "admin":
-            admin_grants.setdefault((g.policy, g.rule, g.direction, g.local.version), []).append(g)
-    normal: dict[str, list[Grant]] = {}
-    for g in model.grants:
-        if g.tier == "normal":
-            normal.setdefault(
-                f"{'in' if g.direction == 'ingress' else 'eg'}{_v(g.local.version)}", []
-            ).append(g)
-    for prefix, grants in normal.items():
-        for suffix, elems in _grant_elements(grants).items():
-            put(FAMILY, prefix + suffix, elems)
-
-    # Chains. Base chains accept by default: traffic of no fabric endpoint is not ours to judge.
     for name, hook in (("forward", "forward"), ("input", "input"), ("output", "output")):
         structure.append(
             {
@@ -325,10 +367,15 @@ def compile_model(model: Model, endpoints: Iterable[Endpoint]) -> Compiled:
         structure.append(_rule(FAMILY, "input", [fabric_src, {"jump": {"target": "egress"}}]))
         structure.append(_rule(FAMILY, "output", [fabric_dst, {"jump": {"target": "ingress"}}]))
 
-    # Admin tier first, in order: Allow/Deny decide, Pass skips to the normal tier. Every admin
-    # rule has its sets and rules whether or not it selects an endpoint yet, so that endpoints and
-    # labels coming and going change only set elements, never the structure.
+    # Admin tier first, in order: Allow/Deny decide, Pass skips to the normal tier. Each admin
+    # rule has a set of the local addresses it applies to and sets of its peers, so endpoints
+    # and labels coming and going change only elements, never the structure.
+    admin_grants: dict[str, list[Grant]] = {}
+    for g in model.grants:
+        if g.tier == "admin":
+            admin_grants.setdefault(g.group, []).append(g)
     for admin_rule in model.admin_rules:
+        name = _admin_name(admin_rule)
         chain = admin_rule.direction
         if admin_rule.action == "Allow":
             verdict: Json = {"accept": None} if chain == "ingress" else {"return": None}
@@ -337,48 +384,46 @@ def compile_model(model: Model, endpoints: Iterable[Endpoint]) -> Compiled:
         else:
             verdict = {"goto": {"target": f"{chain}_normal"}}
         local, peer = ("daddr", "saddr") if chain == "ingress" else ("saddr", "daddr")
+        structure += _sets(
+            FAMILY, [(f"{name}_s4", ["ipv4_addr"], False), (f"{name}_s6", ["ipv6_addr"], False)]
+        )
+        structure += _peer_sets(FAMILY, name)
+        subjects = model.admin_subjects.get(admin_rule.key, frozenset())
         for version in (4, 6):
-            set_name = _admin_set(admin_rule, version)
-            addr_type = "ipv4_addr" if version == 4 else "ipv6_addr"
-            structure += _sets(
-                FAMILY,
-                [
-                    (set_name + "p", [addr_type, addr_type, "inet_proto", "inet_service"], True),
-                    (set_name + "a", [addr_type, addr_type, "inet_proto"], True),
-                ],
-            )
-            slot = (admin_rule.policy, admin_rule.rule, admin_rule.direction, version)
-            for suffix, elems in _grant_elements(admin_grants.get(slot, [])).items():
-                put(FAMILY, set_name + suffix, elems)
-            # `_lookup_rules` appends the version digit and p/a to the name it is given.
-            owner = f"{admin_rule.policy}/{admin_rule.rule}"
-            structure += _lookup_rules(chain, version, local, peer, set_name[:-1], verdict, owner)
+            put(f"{name}_s{version}", [str(a) for a in sorted(a for a in subjects if a.version == version)])
+            guard = _match(_ip(version, local), f"@{name}_s{version}")
+            structure += _lookup_rules(chain, version, peer, name, verdict, admin_rule.key, guard)
+        for suffix, elems in _grant_elements(admin_grants.get(admin_rule.key, [])).items():
+            put(f"{name}_{suffix}", elems)
     for chain in ("egress", "ingress"):
         structure.append(_rule(FAMILY, chain, [{"goto": {"target": f"{chain}_normal"}}]))
 
-    for chain, local, peer, prefix, allow in (
-        ("egress_normal", "saddr", "daddr", "eg", {"return": None}),
-        ("ingress_normal", "daddr", "saddr", "in", {"accept": None}),
+    for chain, local, prefix, allow in (
+        ("egress_normal", "saddr", "eg", {"return": None}),
+        ("ingress_normal", "daddr", "in", {"accept": None}),
     ):
         for version in (4, 6):
             v = _v(version)
             structure.append(_rule(FAMILY, chain, [_match(_ip(version, local), f"@{prefix}_open{v}"), allow]))
-            structure += _lookup_rules(chain, version, local, peer, prefix, allow, None)  # type: ignore[arg-type]
-        structure.append(
-            _rule(FAMILY, chain, [{"counter": None}, {"drop": None}], f"default deny {chain[:-7]}")
-        )
+            structure.append(
+                _rule(FAMILY, chain, [{"vmap": {"key": _ip(version, local), "data": f"@{prefix}{v}"}}])
+            )
+        structure.append(_rule(FAMILY, chain, [{"counter": None}, {"drop": None}], f"no group {chain[:-7]}"))
+
+    # Identity groups: their objects, and the union of their grants as elements.
+    groups: dict[str, list[Json]] = {}
+    normal: dict[tuple[str, str], list[Grant]] = {}
+    for g in model.grants:
+        if g.tier == "normal":
+            normal.setdefault((g.group, g.direction), []).append(g)
+    for gid in sorted(model.groups):
+        groups[gid] = _group_objects(gid)
+        for direction, prefix in (("ingress", "in"), ("egress", "eg")):
+            for suffix, elems in _grant_elements(normal.get((gid, direction), [])).items():
+                put(f"{prefix}_{gid}_{suffix}", elems)
 
     _anti_spoofing(structure, elements, endpoints)
-    for key in elements:
-        elements[key] = _dedupe(elements[key])
-    return Compiled(structure, dict(sorted(elements.items())))
-
-
-def _dedupe(elems: list[Any]) -> list[Any]:
-    seen: dict[str, Any] = {}
-    for e in elems:
-        seen.setdefault(json.dumps(e, sort_keys=True), e)
-    return [seen[k] for k in sorted(seen)]
+    return Compiled(structure, groups, dict(sorted(elements.items())))
 
 
 def _anti_spoofing(

@@ -22,38 +22,32 @@ def _direction(
 ) -> Verdict | None:
     """The verdict of one side, or None if it allows (so the other side decides)."""
     name = model.by_address[local].name if local in model.by_address else str(local)
-    for g in model.grants:
-        if g.tier != "admin" or g.direction != direction or g.local != local:
+    grants = model.grants_of(local, direction)
+    for g in grants:
+        if g.tier != "admin" or not grant_matches(g, peer, proto, port):
             continue
-        if grant_matches(g, peer, proto, port):
-            if g.action == "Deny":
-                return Verdict(
-                    allowed=False,
-                    reason=f"admin policy denies {direction} of {name}",
-                    policy=g.policy,
-                    rule=g.rule,
-                    direction=direction,
-                )
-            if g.action == "Allow":
-                return Verdict(
-                    allowed=True,
-                    reason=f"admin policy allows {direction} of {name}",
-                    policy=g.policy,
-                    rule=g.rule,
-                    direction=direction,
-                )
-            break  # Pass: on to the normal tier
+        if g.action == "Deny":
+            return Verdict(
+                allowed=False,
+                reason=f"admin policy denies {direction} of {name}",
+                policy=g.policy,
+                rule=g.rule,
+                direction=direction,
+            )
+        if g.action == "Allow":
+            return Verdict(
+                allowed=True,
+                reason=f"admin policy allows {direction} of {name}",
+                policy=g.policy,
+                rule=g.rule,
+                direction=direction,
+            )
+        break  # Pass: on to the normal tier
     opened = model.open_ingress if direction == "ingress" else model.open_egress
     if local in opened:
         return None
-    for g in model.grants:
-        if (
-            g.tier == "normal"
-            and g.direction == direction
-            and g.local == local
-            and grant_matches(g, peer, proto, port)
-        ):
-            return None
+    if any(g.tier == "normal" and grant_matches(g, peer, proto, port) for g in grants):
+        return None
     return Verdict(allowed=False, reason=f"no policy allows {direction} of {name}", direction=direction)
 
 
@@ -84,7 +78,8 @@ def _allowed(model: Model, src: Address, dst: Address, proto: int, port: int | N
     """An allowed flow: the reasons of both ends; the destination's grant (else the source's) decides."""
     parts: list[str] = []
     deciding: tuple[str, str, Direction] | None = None
-    for direction, local, peer in (("egress", src, dst), ("ingress", dst, src)):
+    sides: tuple[tuple[Direction, Address, Address], ...] = (("egress", src, dst), ("ingress", dst, src))
+    for direction, local, peer in sides:
         if local not in model.local:
             continue
         opened = model.open_ingress if direction == "ingress" else model.open_egress
@@ -93,14 +88,11 @@ def _allowed(model: Model, src: Address, dst: Address, proto: int, port: int | N
             continue
         g = next(
             g
-            for g in model.grants
-            if g.tier == "normal"
-            and g.direction == direction
-            and g.local == local
-            and grant_matches(g, peer, proto, port)
+            for g in model.grants_of(local, direction)
+            if g.tier == "normal" and grant_matches(g, peer, proto, port)
         )
         parts.append(f"{direction} allowed by {g.policy} {g.rule}")
-        deciding = (g.policy, g.rule, direction)  # type: ignore[assignment]
+        deciding = (g.policy, g.rule, direction)
     reason = "; ".join(parts) or "neither end is a fabric endpoint on this node"
     if deciding is None:
         return Verdict(allowed=True, reason=reason)

@@ -23,6 +23,8 @@ Pure: no I/O; endpoints, networks and policies come in as values.
 from __future__ import annotations
 
 import fnmatch
+import hashlib
+import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, collapse_addresses, ip_network
@@ -44,14 +46,16 @@ WORLD: Final[tuple[Net, ...]] = (ip_network("0.0.0.0/0"), ip_network("::/0"))
 
 @dataclass(frozen=True, order=True)
 class Grant:
-    """`local` may exchange `proto`/`ports` traffic with addresses in `peer`, in `direction`.
+    """Members of `group` may exchange `proto`/`ports` traffic with addresses in `peer`.
 
+    A normal-tier `group` is an identity group: the local endpoints that share network, labels
+    and named ports, and so every policy decision. An admin-tier grant's `group` is its rule's
+    key (`policy/rule`); `Model.admin_subjects` says which local addresses that rule applies to.
     proto None: every protocol (ports None). ports None with a proto: every port (or ICMP).
-    For the admin tier `action` is Allow, Deny or Pass and `order` ranks the grant.
     """
 
     direction: Direction
-    local: Address
+    group: str
     peer: Net
     proto: int | None
     ports: tuple[int, int] | None
@@ -72,6 +76,10 @@ class AdminRule:
     rule: str
     action: Literal["Allow", "Deny", "Pass"]
 
+    @property
+    def key(self) -> str:
+        return f"{self.policy}/{self.rule}"
+
 
 @dataclass(frozen=True)
 class Model:
@@ -83,7 +91,37 @@ class Model:
     open_egress: frozenset[Address]
     local: frozenset[Address]  # addresses of endpoints on this node
     gateways: frozenset[Address]  # the fabric resolvers (DNS always passes)
+    groups: dict[str, frozenset[Address]] = field(default_factory=dict)  # identity group -> members
+    group_of: dict[Address, str] = field(default_factory=dict)
+    admin_subjects: dict[str, frozenset[Address]] = field(default_factory=dict)  # admin rule key -> members
     by_address: dict[Address, Endpoint] = field(default_factory=dict)
+
+    def grants_of(self, local: Address, direction: Direction) -> list[Grant]:
+        """The grants that decide `direction` for `local`, admin tier (in order) first."""
+        group = self.group_of.get(local)
+        admin = [
+            g
+            for g in self.grants
+            if g.tier == "admin"
+            and g.direction == direction
+            and local in self.admin_subjects.get(g.group, frozenset())
+        ]
+        normal = [
+            g for g in self.grants if g.tier == "normal" and g.direction == direction and g.group == group
+        ]
+        return admin + normal
+
+
+def group_id(endpoint: Endpoint) -> str:
+    """Endpoints with the same network, labels and named ports get every policy decision alike."""
+    key = json.dumps(
+        [
+            endpoint.network,
+            sorted(endpoint.labels.items()),
+            sorted((k, v.port, v.protocol) for k, v in endpoint.named_ports.items()),
+        ]
+    )
+    return "g" + hashlib.sha256(key.encode()).hexdigest()[:10]
 
 
 def policy_types(policy: Policy) -> set[str]:
@@ -238,8 +276,8 @@ def _port_specs(port: PolicyPort, named_owner: Endpoint | None) -> list[tuple[in
     return [(proto, (port.port, port.end_port or port.port))]
 
 
-def _icmp_for(proto: int, local: Address) -> int:
-    return ICMP6 if proto == ICMP4 and local.version == 6 else proto
+def _icmp_for(proto: int, peer: Net) -> int:
+    return ICMP6 if proto == ICMP4 and peer.version == 6 else proto
 
 
 def _grants_for_rule(
@@ -248,23 +286,23 @@ def _grants_for_rule(
     rule: PolicyRule,
     where: str,
     direction: Direction,
-    selected: Endpoint,
+    selected: Endpoint | None,
+    group: str,
     home: Network | None,
     tier: Literal["admin", "normal"],
     order: tuple[int, str, int],
 ) -> list[Grant]:
+    """The grants of one rule for one group (`selected` is a member, for ingress named ports)."""
     out: list[Grant] = []
     peers = world.cached_peers(rule, home)
 
-    def add(local: Address, peer: Net, proto: int | None, ports: tuple[int, int] | None) -> None:
-        if peer.version != local.version:
-            return
+    def add(peer: Net, proto: int | None, ports: tuple[int, int] | None) -> None:
         out.append(
             Grant(
                 direction,
-                local,
+                group,
                 peer,
-                None if proto is None else _icmp_for(proto, local),
+                None if proto is None else _icmp_for(proto, peer),
                 ports,
                 policy.name,
                 where,
@@ -274,23 +312,22 @@ def _grants_for_rule(
             )
         )
 
-    for local in _addresses(selected):
-        if not rule.ports:
-            for peer in peers:
-                add(local, peer, None, None)
+    if not rule.ports:
+        for peer in peers:
+            add(peer, None, None)
+        return out
+    for port in rule.ports:
+        if isinstance(port.port, str) and direction == "egress":
+            # The name is the destination's: resolve it per peer endpoint.
+            for peer_ep in world.cached_named(rule, home):
+                for proto, rng in _port_specs(port, peer_ep):
+                    for addr in _addresses(peer_ep):
+                        if any(addr in p for p in peers):
+                            add(_host(addr), proto, rng)
             continue
-        for port in rule.ports:
-            if isinstance(port.port, str) and direction == "egress":
-                # The name is the destination's: resolve it per peer endpoint.
-                for peer_ep in world.cached_named(rule, home):
-                    for proto, rng in _port_specs(port, peer_ep):
-                        for addr in _addresses(peer_ep):
-                            if any(addr in p for p in peers):
-                                add(local, _host(addr), proto, rng)
-                continue
-            for proto, rng in _port_specs(port, selected):
-                for peer in peers:
-                    add(local, peer, proto, rng)
+        for proto, rng in _port_specs(port, selected):
+            for peer in peers:
+                add(peer, proto, rng)
     return out
 
 
@@ -301,21 +338,31 @@ def build(
     *,
     node: str | None = None,
 ) -> Model:
-    """The grants and open directions of every endpoint on `node` (None: every endpoint)."""
+    """The grants and open directions of every endpoint on `node` (None: every endpoint).
+
+    Work is per identity group, not per endpoint: ten thousand endpoints of a few label sets
+    cost a few groups' worth of grants.
+    """
     world = _World(networks, endpoints)
     local_eps = [e for e in endpoints if (node is None or e.node == node) and e.network in world.networks]
+    members: dict[str, list[Endpoint]] = {}
+    for ep in local_eps:
+        members.setdefault(group_id(ep), []).append(ep)
     grants: list[Grant] = []
     open_in: set[Address] = set()
     open_eg: set[Address] = set()
     normal = [p for p in policies if p.tier == "normal"]
     admin = sorted((p for p in policies if p.tier == "admin"), key=lambda p: (p.priority, p.name))
-    for ep in local_eps:
-        net = world.networks[ep.network]
-        selecting = [p for p in normal if p.network == ep.network and matches(p.endpoint_selector, ep.labels)]
+    for gid, eps in members.items():
+        rep = eps[0]
+        net = world.networks[rep.network]
+        selecting = [
+            p for p in normal if p.network == rep.network and matches(p.endpoint_selector, rep.labels)
+        ]
         for direction, type_name, opened in (("ingress", "Ingress", open_in), ("egress", "Egress", open_eg)):
             relevant = [p for p in selecting if type_name in policy_types(p)]
             if net.isolation == "default-allow" and not relevant:
-                opened.update(_addresses(ep))
+                opened.update(a for e in eps for a in _addresses(e))
             for p in relevant:
                 for i, rule in enumerate(getattr(p, direction)):
                     grants += _grants_for_rule(
@@ -324,48 +371,65 @@ def build(
                         rule,
                         f"{direction}[{i}]",
                         direction,  # type: ignore[arg-type]
-                        ep,
+                        rep,
+                        gid,
                         net,
                         "normal",
                         (0, "", 0),
                     )
-        for p in admin:
-            subject_nets = (
+    admin_rules: list[AdminRule] = []
+    subjects: dict[str, frozenset[Address]] = {}
+    for p in admin:
+        subject_nets = {
+            n.name
+            for n in (
                 world.networks_matching(p.network_selector)
                 if p.network_selector is not None
-                else list(world.networks.values())
+                else world.networks.values()
             )
-            if ep.network not in {n.name for n in subject_nets} or not matches(
-                p.endpoint_selector, ep.labels
-            ):
-                continue
-            for direction in ("ingress", "egress"):
-                for i, rule in enumerate(getattr(p, direction)):
-                    grants += _grants_for_rule(
-                        world,
-                        p,
-                        rule,
-                        f"{direction}[{i}]",
-                        direction,  # type: ignore[arg-type]
-                        ep,
-                        None,
-                        "admin",
-                        (p.priority, p.name, i),
-                    )
+        }
+        chosen = frozenset(
+            a
+            for e in local_eps
+            if e.network in subject_nets and matches(p.endpoint_selector, e.labels)
+            for a in _addresses(e)
+        )
+        for direction in ("ingress", "egress"):
+            for i, rule in enumerate(getattr(p, direction)):
+                admin_rule = AdminRule(
+                    (p.priority, p.name, i),
+                    direction,  # type: ignore[arg-type]
+                    p.name,
+                    f"{direction}[{i}]",
+                    rule.action,
+                )
+                admin_rules.append(admin_rule)
+                subjects[admin_rule.key] = chosen
+                grants += _grants_for_rule(
+                    world,
+                    p,
+                    rule,
+                    admin_rule.rule,
+                    direction,  # type: ignore[arg-type]
+                    None,
+                    admin_rule.key,
+                    None,
+                    "admin",
+                    admin_rule.order,
+                )
     gateways = {n.gateway for n in networks} | {n.gateway6 for n in networks if n.gateway6 is not None}
-    admin_rules = sorted(
-        AdminRule((p.priority, p.name, i), direction, p.name, f"{direction}[{i}]", rule.action)
-        for p in admin
-        for direction in ("ingress", "egress")
-        for i, rule in enumerate(getattr(p, direction))
-    )
     return Model(
         grants=tuple(sorted(set(grants), key=_grant_key)),
-        admin_rules=tuple(admin_rules),
+        admin_rules=tuple(sorted(admin_rules)),
         open_ingress=frozenset(open_in),
         open_egress=frozenset(open_eg),
         local=frozenset(a for e in local_eps for a in _addresses(e)),
         gateways=frozenset(gateways),
+        groups={
+            gid: frozenset(a for e in eps for a in _addresses(e)) for gid, eps in sorted(members.items())
+        },
+        group_of={a: gid for gid, eps in members.items() for e in eps for a in _addresses(e)},
+        admin_subjects=subjects,
         by_address={a: e for e in endpoints for a in _addresses(e)},
     )
 
@@ -375,8 +439,7 @@ def _grant_key(g: Grant) -> tuple[object, ...]:
         g.tier != "admin",
         g.order,
         g.direction,
-        g.local.version,
-        int(g.local),
+        g.group,
         g.peer.version,
         int(g.peer.network_address),
         g.peer.prefixlen,
