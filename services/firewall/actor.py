@@ -14,7 +14,6 @@ backoff; a periodic check re-applies everything if the kernel drifted.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 from typing import Any
@@ -320,8 +319,10 @@ def _delta(old: Compiled, new: Compiled) -> list[dict[str, Any]]:
         if old.elements.get(key) == new.elements.get(key):
             continue  # the common case: compiled in the same order, so equal lists compare fast
         family, name = key
-        before = {json.dumps(e, sort_keys=True): e for e in old.elements.get(key, [])}
-        after = {json.dumps(e, sort_keys=True): e for e in new.elements.get(key, [])}
+        # repr, not json.dumps: the compiler builds every element the same way each time, and
+        # repr is several times cheaper on sets of ten thousand elements.
+        before = {repr(e): e for e in old.elements.get(key, [])}
+        after = {repr(e): e for e in new.elements.get(key, [])}
         target = {"family": family, "table": TABLE, "name": name}
         gone = [before[k] for k in sorted(set(before) - set(after))]
         if gone and key not in dying:
