@@ -79,3 +79,76 @@ def test_two_containers_talk_and_leave_nothing(fabric_node: FabricNode, podman: 
     with NetNS(f"/run/netns/{fabric_node.ns}") as node:
         names = [link.get("ifname") for link in node.get_links()]
     assert [n for n in names if n.startswith("q") and not n.startswith("qnf-")] == []
+
+
+def test_zero_trust_network_needs_a_policy(fabric_node: FabricNode, podman: Podman) -> None:
+    gw = fabric_node.client()
+    try:
+        gw.call("qnf.v1.cmd.vnet.network.create", {"name": "zt", "subnet": "10.67.0.0/24"})
+        write_conflist(podman.root / "net", conflist("zt", state_dir=fabric_node.state, chain=[]))
+        podman(
+            "run",
+            "-d",
+            "--name",
+            "web",
+            "--network",
+            "zt",
+            "--label",
+            "app=web",
+            "qnf-busybox:test",
+            "httpd",
+            "-f",
+            "-p",
+            "8080",
+            "-h",
+            "/etc",
+        )
+        podman("run", "-d", "--name", "client", "--network", "zt", "qnf-busybox:test", "sleep", "600")
+        web_ip = json.loads(podman("inspect", "web").stdout)[0]["NetworkSettings"]["Networks"]["zt"][
+            "IPAddress"
+        ]
+
+        def fetch() -> bool:
+            out = podman(
+                "exec",
+                "client",
+                "timeout",
+                "3",
+                "wget",
+                "-q",
+                "-O",
+                "-",
+                f"http://{web_ip}:8080/passwd",
+                check=False,
+            )
+            return out.stdout.startswith("root:x:0:0")
+
+        assert not fetch()  # zero trust: no policy, no packet
+        # podman passes the container name as K8S_POD_NAME: the plugin makes it a label and the DNS name.
+        endpoints = gw.call("qnf.v1.node.n1.vnet.endpoint.list", {"network": "zt"})["endpoints"]
+        assert {e["name"]: e["labels"] for e in endpoints}["web"] == {"k8s.pod/name": "web"}
+        gw.call(
+            "qnf.v1.cmd.firewall.policy.create",
+            {
+                "name": "web-in",
+                "network": "zt",
+                "endpointSelector": {"matchLabels": {"k8s.pod/name": "web"}},
+                "ingress": [{"ports": [{"port": 8080}]}],
+            },
+        )
+        gw.call(
+            "qnf.v1.cmd.firewall.policy.create",
+            {
+                "name": "all-out",
+                "network": "zt",
+                "endpointSelector": {},
+                "policyTypes": ["Egress"],
+                "egress": [{}],
+            },
+        )
+        deadline = time.monotonic() + 15
+        while not fetch():
+            assert time.monotonic() < deadline, "the policy was not enforced in time"
+            time.sleep(0.2)
+    finally:
+        gw.close()
