@@ -35,6 +35,9 @@ class Settings(BaseSettings):
     state_dir: Path = Field(Path("/var/lib/qnf"), description="CA, identities, NATS data, service state")
     trust_domain: str = "qnf.local"
     dns_domain: str = Field("qnf.local", description="names are <endpoint>.<network>.<dns_domain>")
+    dns_upstreams: list[str] = Field(
+        default_factory=list, description="resolvers for other names, host[:port]"
+    )
     node: str = Field(default_factory=_default_node, description="this node's name, a subject token")
     nats_host: str = "127.0.0.1"
     nats_port: int = Field(4222, ge=0, le=65535)

@@ -4,13 +4,30 @@ from __future__ import annotations
 
 import sys
 
+from libs.common.kv import TypedKV
+from libs.common.messages import Endpoint, Network
 from libs.common.service import Context
 from libs.common.service import main as run_main
 from services.dns.actor import DnsActor
 
 
 async def build(ctx: Context) -> DnsActor:
-    return DnsActor(ctx)
+    js = ctx.bus.nc.jetstream(timeout=ctx.bus.request_timeout)
+    networks = TypedKV(
+        await js.key_value("qnf-networks"),
+        "qnf-networks",
+        Network,
+        signer=ctx.bus.signer,
+        verifier=ctx.bus.verifier,
+    )
+    endpoints = TypedKV(
+        await js.key_value("qnf-endpoints"),
+        "qnf-endpoints",
+        Endpoint,
+        signer=ctx.bus.signer,
+        verifier=ctx.bus.verifier,
+    )
+    return DnsActor(ctx, networks=networks, endpoints=endpoints)
 
 
 def main() -> int:

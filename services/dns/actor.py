@@ -1,28 +1,170 @@
-"""The dns actor: its handler table and lifecycle.
+"""The dns actor: follows networks and endpoints in KV and answers on every gateway address.
 
-Only the base endpoints (diag.echo, and the nats micro protocol) are served so far; the
-service's own commands arrive with its issue.
+No bus commands of its own yet (services arrive with the API); its work is the resolver:
+a watcher rebuilds the record store and the wire cache on every change (a snapshot swapped in
+whole, so the listener threads never see half an update) and opens or closes the UDP and TCP
+listeners as networks come and go.
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from typing import Any
 
-from libs.common.bus import Endpoint
+from prometheus_client import Counter, Histogram
+
+from libs.common.bus import Endpoint as BusEndpoint
+from libs.common.kv import TypedKV
+from libs.common.messages import Endpoint, Network
 from libs.common.service import Context
+from services.dns.adapters.server import TcpListener, UdpListener
+from services.dns.adapters.upstream import Forwarder
+from services.dns.adapters.wire import Answerer, Forward, error_response
+from services.dns.core.records import build
+
+log = logging.getLogger("qnf.dns")
+
+_QTYPES = {1: "A", 28: "AAAA", 12: "PTR", 33: "SRV", 255: "ANY", 5: "CNAME", 15: "MX", 16: "TXT"}
+_RCODES = {0: "NOERROR", 1: "FORMERR", 2: "SERVFAIL", 3: "NXDOMAIN", 4: "NOTIMP", 5: "REFUSED"}
+
+
+def _parse_upstream(text: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if sep and host and "]" not in port and port.isdigit():
+        return host.strip("[]"), int(port)
+    return text.strip("[]"), 53
 
 
 class DnsActor:
-    """Owns the dns service's state; handlers run one mailbox key at a time."""
+    """Owns the record snapshot, the listeners and the forwarder of this node."""
 
-    def __init__(self, ctx: Context) -> None:
-        self._ctx = ctx
+    def __init__(self, ctx: Context, *, networks: TypedKV[Network], endpoints: TypedKV[Endpoint]) -> None:
+        self._networks_kv = networks
+        self._endpoints_kv = endpoints
+        self._domain = ctx.settings.dns_domain
+        self.networks: dict[str, Network] = {}
+        self.known: dict[str, Endpoint] = {}
+        self._answerer = Answerer(build([], [], self._domain))
+        self._forwarder = Forwarder([_parse_upstream(u) for u in ctx.settings.dns_upstreams])
+        self._udp: dict[str, UdpListener] = {}
+        self._tcp: dict[str, TcpListener] = {}
+        self._tasks: list[asyncio.Task[None]] = []
+        self._loop: asyncio.AbstractEventLoop | None = None
+        r = ctx.registry
+        self._queries = Counter("qnf_dns_queries_total", "Queries answered", ["qtype", "rcode"], registry=r)
+        self._latency = Histogram(
+            "qnf_dns_query_seconds",
+            "Time to answer a query",
+            buckets=(0.00001, 0.00003, 0.0001, 0.0003, 0.001, 0.003, 0.01, 0.1, 1.0),
+            registry=r,
+        )
+        self._upstream_failures = Counter(
+            "qnf_dns_upstream_failures_total", "Upstream queries that failed", registry=r
+        )
+        self._forwarded = Counter("qnf_dns_forwarded_total", "Queries forwarded upstream", registry=r)
 
-    def endpoints(self) -> list[Endpoint[Any, Any]]:
+    def endpoints(self) -> list[BusEndpoint[Any, Any]]:
         return []
 
     async def start(self) -> None:
-        pass
+        self._loop = asyncio.get_running_loop()
+        synced = [asyncio.Event(), asyncio.Event()]
+        self._tasks = [
+            asyncio.create_task(self._watch(self._networks_kv, self.networks, synced[0])),
+            asyncio.create_task(self._watch(self._endpoints_kv, self.known, synced[1])),
+        ]
+        await asyncio.wait_for(asyncio.gather(synced[0].wait(), synced[1].wait()), 30)
+        await self._rebuild()
 
     async def stop(self) -> None:
-        pass
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        for udp in self._udp.values():
+            udp.stop()
+        for tcp in self._tcp.values():
+            await tcp.stop()
+
+    async def _watch(self, kv: TypedKV[Any], into: dict[str, Any], synced: asyncio.Event) -> None:
+        while True:
+            try:
+                async for change in kv.watch():
+                    if change is None:
+                        synced.set()
+                        continue
+                    if change.value is None:
+                        into.pop(change.key, None)
+                    else:
+                        into[change.key] = change.value
+                    if synced.is_set():
+                        await self._rebuild()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("watch of %s failed: %s", kv.bucket, exc)
+                await asyncio.sleep(1)
+
+    async def _rebuild(self) -> None:
+        self._answerer = Answerer(build(self.networks.values(), self.known.values(), self._domain))
+        wanted: dict[str, str] = {}
+        for net in self.networks.values():
+            wanted[str(net.gateway)] = net.name
+            if net.gateway6 is not None:
+                wanted[str(net.gateway6)] = net.name
+        for address in set(self._udp) - set(wanted):
+            self._udp.pop(address).stop()
+            await self._tcp.pop(address).stop()
+        for address, network in wanted.items():
+            if address in self._udp:
+                continue
+            try:
+                udp = UdpListener(
+                    address, network, lambda: self._answerer, forward=self._forward_udp, observe=self._observe
+                )
+                tcp = TcpListener(address, network, lambda: self._answerer, forward=self._forward_tcp)
+                await tcp.start()
+            except OSError as exc:
+                log.error("cannot listen on %s:53: %s", address, exc)
+                continue
+            udp.start()
+            self._udp[address], self._tcp[address] = udp, tcp
+            log.info("answering on %s:53 for network %s", address, network)
+
+    def _observe(self, response: bytes | None, seconds: float) -> None:
+        if response is None or len(response) < 12:
+            return
+        self._queries.labels(
+            _QTYPES.get(_qtype_of(response), "other"), _RCODES.get(response[3] & 0x0F, "other")
+        ).inc()
+        self._latency.observe(seconds)
+
+    def _forward_udp(self, fwd: Forward, reply: Any) -> None:
+        assert self._loop is not None
+        self._loop.call_soon_threadsafe(lambda: self._loop.create_task(self._forward_then(fwd, reply)))  # type: ignore[union-attr]
+
+    async def _forward_then(self, fwd: Forward, reply: Any) -> None:
+        reply(await self._forward_tcp(fwd))
+
+    async def _forward_tcp(self, fwd: Forward) -> bytes:
+        self._forwarded.inc()
+        failures = self._forwarder.failures
+        if not self._forwarder.upstreams:
+            return error_response(fwd.packet, 5) or b""  # REFUSED: nobody to ask
+        out = await self._forwarder.answer(fwd.question, fwd.packet)
+        self._upstream_failures.inc(self._forwarder.failures - failures)
+        return out
+
+
+def _qtype_of(response: bytes) -> int:
+    """The question type of a response (0 when it carries no question)."""
+    if response[4:6] == b"\x00\x00":
+        return 0
+    pos = 12
+    while pos < len(response) and response[pos] != 0:
+        if response[pos] & 0xC0:
+            pos += 1
+            break
+        pos += 1 + response[pos]
+    pos += 1
+    return int.from_bytes(response[pos : pos + 2], "big") if pos + 2 <= len(response) else 0

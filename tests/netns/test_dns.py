@@ -1,0 +1,260 @@
+"""The fabric's resolver with real queries from container namespaces to their gateway address.
+
+Scope: names and PTR of endpoints resolve for clients on the same network only; a removed
+endpoint stops resolving within its TTL; other names go to a test upstream (a tiny resolver
+started by the test in the node namespace), cached, and a dead upstream gives SERVFAIL fast;
+TCP, EDNS and letter case behave; malformed packets get FORMERR or nothing, and the server
+still answers afterwards.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from dnslib import EDNS0, QTYPE, RCODE, DNSRecord
+from pyroute2 import netns
+
+from libs.common.testing import FabricNode, NodeClient, pids_in_netns, start_fabric, stop_fabric
+
+UPSTREAM_PORT = 5353
+UPSTREAM = f"""
+import socket
+from dnslib import DNSRecord, RR, A, QTYPE, RCODE
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind(("127.0.0.1", {UPSTREAM_PORT}))
+print("ready", flush=True)
+while True:
+    data, addr = s.recvfrom(4096)
+    q = DNSRecord.parse(data)
+    r = q.reply()
+    if str(q.q.qname).lower() == "example.test.":
+        r.add_answer(RR("example.test.", QTYPE.A, rdata=A("192.0.2.1"), ttl=300))
+    else:
+        r.header.rcode = RCODE.NXDOMAIN
+    s.sendto(r.pack(), addr)
+"""
+
+
+@dataclass
+class Env:
+    fabric: FabricNode
+    gw: NodeClient
+    spaces: dict[str, str]
+    ips: dict[str, str]
+    upstream: subprocess.Popen[str]
+
+    def query(
+        self,
+        client: str,
+        name: str,
+        qtype: str = "A",
+        *,
+        server: str | None = None,
+        tcp: bool = False,
+        raw: bytes | None = None,
+        timeout: float = 3.0,
+    ) -> DNSRecord | None:
+        """Send a query from `client`'s namespace to its gateway; None on timeout."""
+        packet = raw if raw is not None else DNSRecord.question(name, qtype).pack()
+        code = (
+            "import socket, struct, sys\n"
+            f"data = bytes.fromhex({packet.hex()!r})\n"
+            f"addr = ({(server or self.gateway(client))!r}, 53)\n"
+            f"if {tcp}:\n"
+            f"    s = socket.create_connection(addr, timeout={timeout})\n"
+            "    s.sendall(struct.pack('!H', len(data)) + data)\n"
+            "    n = struct.unpack('!H', s.recv(2))[0]; out = b''\n"
+            "    while len(out) < n: out += s.recv(n - len(out))\n"
+            "else:\n"
+            f"    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.settimeout({timeout})\n"
+            "    s.sendto(data, addr)\n"
+            "    try: out = s.recv(65535)\n"
+            "    except socket.timeout: out = b''\n"
+            "print(out.hex())\n"
+        )
+        res = subprocess.run(
+            ["nsenter", f"--net=/run/netns/{self.spaces[client]}", sys.executable, "-c", code],
+            capture_output=True,
+            text=True,
+            timeout=timeout + 10,
+        )
+        hexed = res.stdout.strip()
+        return DNSRecord.parse(bytes.fromhex(hexed)) if hexed else None
+
+    def gateway(self, client: str) -> str:
+        return {"blue": "10.150.0.1", "red": "10.151.0.1"}[NETWORK_OF[client]]
+
+
+NETWORK_OF = {"web": "blue", "db": "blue", "other": "red"}
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
+    """A fabric whose resolver forwards to a test upstream on the node's loopback."""
+    node = f"qnft-{uuid.uuid4().hex[:8]}"
+    netns.create(node)
+    subprocess.run(["ip", "-n", node, "link", "set", "lo", "up"], check=True)
+    upstream = subprocess.Popen(
+        ["nsenter", f"--net=/run/netns/{node}", sys.executable, "-c", UPSTREAM],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    spaces: dict[str, str] = {}
+    fabric = gw = None
+    try:
+        assert upstream.stdout is not None and upstream.stdout.readline().strip() == "ready"
+        fabric = start_fabric(
+            node,
+            Path(tmp_path_factory.mktemp("dns")) / "state",
+            env={"QNF_DNS_UPSTREAMS": f'["127.0.0.1:{UPSTREAM_PORT}"]'},
+        )
+        gw = fabric.client()
+        gw.call("qnf.v1.cmd.vnet.network.create", {"name": "blue", "subnet": "10.150.0.0/24"})
+        gw.call("qnf.v1.cmd.vnet.network.create", {"name": "red", "subnet": "10.151.0.0/24"})
+        ips = {}
+        for name, network in NETWORK_OF.items():
+            space = f"qnfc-{uuid.uuid4().hex[:8]}"
+            netns.create(space)
+            spaces[name] = space
+            ep = gw.call(
+                "qnf.v1.node.n1.vnet.endpoint.add",
+                {
+                    "request_id": space,
+                    "container_id": space,
+                    "ifname": "eth0",
+                    "netns": f"/run/netns/{space}",
+                    "network": network,
+                    "name": name,
+                },
+            )
+            ips[name] = ep["addresses"][0].split("/")[0]
+        yield Env(fabric, gw, spaces, ips, upstream)
+    finally:
+        upstream.kill()
+        upstream.wait()
+        assert upstream.stdout is not None
+        upstream.stdout.close()
+        if gw is not None:
+            gw.close()
+        if fabric is not None:
+            stop_fabric(fabric)
+        for space in spaces.values():
+            netns.remove(space)
+        for pid in pids_in_netns(node):
+            subprocess.run(["kill", "-9", str(pid)])
+        netns.remove(node)
+
+
+def _wait_answer(env: Env, client: str, name: str, want: list[str], timeout: float = 10) -> DNSRecord:
+    deadline = time.monotonic() + timeout
+    while True:
+        r = env.query(client, name)
+        if r is not None and sorted(str(a.rdata) for a in r.rr) == want:
+            return r
+        assert time.monotonic() < deadline, r
+        time.sleep(0.2)
+
+
+def test_endpoint_names_resolve_case_insensitively(env: Env) -> None:
+    r = _wait_answer(env, "web", "db.blue.qnf.local", [env.ips["db"]])
+    assert r.header.aa and r.header.rcode == RCODE.NOERROR and r.rr[0].ttl <= 5
+    mixed = env.query("web", "DB.Blue.QNF.local")
+    assert mixed is not None and [str(a.rdata) for a in mixed.rr] == [env.ips["db"]]
+    assert str(mixed.q.qname) == "DB.Blue.QNF.local."  # the question is echoed as asked
+
+
+def test_ptr_and_nodata_and_nxdomain(env: Env) -> None:
+    _wait_answer(env, "web", "db.blue.qnf.local", [env.ips["db"]])
+    ptr = env.query("web", f"{'.'.join(reversed(env.ips['db'].split('.')))}.in-addr.arpa", "PTR")
+    assert ptr is not None and [str(a.rdata) for a in ptr.rr] == ["db.blue.qnf.local."]
+    nodata = env.query("web", "db.blue.qnf.local", "MX")
+    assert nodata is not None and nodata.header.rcode == RCODE.NOERROR and not nodata.rr
+    assert any(rr.rtype == QTYPE.SOA for rr in nodata.auth)
+    missing = env.query("web", "nobody.blue.qnf.local")
+    assert missing is not None and missing.header.rcode == RCODE.NXDOMAIN
+
+
+def test_other_networks_names_are_invisible(env: Env) -> None:
+    _wait_answer(env, "other", "other.red.qnf.local", [env.ips["other"]])
+    r = env.query("web", "other.red.qnf.local")
+    assert r is not None and r.header.rcode == RCODE.NXDOMAIN
+    rev = env.query("web", f"{'.'.join(reversed(env.ips['other'].split('.')))}.in-addr.arpa", "PTR")
+    assert rev is not None and rev.header.rcode == RCODE.NXDOMAIN and not rev.rr
+
+
+def test_tcp_and_edns(env: Env) -> None:
+    _wait_answer(env, "web", "db.blue.qnf.local", [env.ips["db"]])
+    r = env.query("web", "db.blue.qnf.local", tcp=True)
+    assert r is not None and [str(a.rdata) for a in r.rr] == [env.ips["db"]]
+    q = DNSRecord.question("db.blue.qnf.local", "A")
+    q.add_ar(EDNS0(udp_len=4096))
+    e = env.query("web", "", raw=q.pack())
+    assert e is not None and any(rr.rtype == QTYPE.OPT for rr in e.ar)
+
+
+def test_forwarding_and_upstream_failure(env: Env) -> None:
+    r = env.query("web", "example.test")
+    assert r is not None and [str(a.rdata) for a in r.rr] == ["192.0.2.1"]
+    assert env.query("web", "nothing.test") is not None
+    env.upstream.kill()
+    env.upstream.wait()
+    cached = env.query("web", "example.test")  # cached for its TTL
+    assert cached is not None and [str(a.rdata) for a in cached.rr] == ["192.0.2.1"]
+    started = time.monotonic()
+    dead = env.query("web", "uncached.test", timeout=5)
+    assert dead is not None and dead.header.rcode == RCODE.SERVFAIL
+    assert time.monotonic() - started < 4
+
+
+@pytest.mark.parametrize(
+    "packet",
+    [
+        b"",
+        b"\x12",
+        b"\x12\x34\x01\x00\x00\x01",
+        b"\x12\x34\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00\xc0\x0c\x00\x01",
+        b"\x12\x34\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00" + b"\x3f" + b"a" * 63 * 5,
+        b"\x12\x34\x81\x80" + b"\x00" * 8,
+    ],
+    ids=["empty", "one-byte", "short-question", "compression-loop", "oversized-name", "a-response"],
+)
+def test_malformed_packets(env: Env, packet: bytes) -> None:
+    r = env.query("web", "", raw=packet, timeout=1.0)
+    assert r is None or r.header.rcode in (RCODE.FORMERR, RCODE.NOTIMP)
+    alive = env.query("web", "db.blue.qnf.local")
+    assert alive is not None and [str(a.rdata) for a in alive.rr] == [env.ips["db"]]
+
+
+def test_removed_endpoint_stops_resolving(env: Env) -> None:
+    space = f"qnfc-{uuid.uuid4().hex[:8]}"
+    netns.create(space)
+    try:
+        ep = env.gw.call(
+            "qnf.v1.node.n1.vnet.endpoint.add",
+            {
+                "request_id": space,
+                "container_id": space,
+                "ifname": "eth0",
+                "netns": f"/run/netns/{space}",
+                "network": "blue",
+                "name": "temp",
+            },
+        )
+        _wait_answer(env, "web", "temp.blue.qnf.local", [ep["addresses"][0].split("/")[0]])
+        env.gw.call("qnf.v1.node.n1.vnet.endpoint.remove", {"container_id": space, "ifname": "eth0"})
+        deadline = time.monotonic() + 6  # the records' TTL is 5 s
+        while True:
+            r = env.query("web", "temp.blue.qnf.local")
+            if r is not None and r.header.rcode == RCODE.NXDOMAIN:
+                break
+            assert time.monotonic() < deadline, r
+            time.sleep(0.2)
+    finally:
+        netns.remove(space)
