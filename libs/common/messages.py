@@ -354,3 +354,38 @@ class Verdict(Message):
     policy: str | None = None
     rule: str | None = None
     direction: Literal["ingress", "egress"] | None = None
+
+
+# ---------------------------------------------------------------- dns: services
+
+
+class ServicePort(Message):
+    """A named port of a service: SRV records `_<name>._<protocol>.<service>.<network>.<domain>`."""
+
+    name: Annotated[str, StringConstraints(pattern=r"^[a-z0-9]([a-z0-9-]{0,13}[a-z0-9])?$")]
+    port: int = Field(ge=1, le=65535)
+    protocol: Literal["TCP", "UDP", "SCTP"] = "TCP"
+
+
+class ServiceSpec(Message):
+    """A name for every endpoint of a network that the selector selects."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    name: NetworkName
+    network: NetworkName
+    endpoint_selector: LabelSelector = Field(default_factory=LabelSelector, alias="endpointSelector")
+    ports: list[ServicePort] = Field(default_factory=list, max_length=64)
+
+
+class Service(ServiceSpec):
+    revision: int = 0
+
+
+class ServiceRef(Message):
+    name: NetworkName
+    network: NetworkName
+
+
+class ServiceList(Message):
+    services: list[Service]

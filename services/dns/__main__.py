@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 
 from libs.common.kv import TypedKV
-from libs.common.messages import Endpoint, Network
+from libs.common.messages import Endpoint, Network, Service
 from libs.common.service import Context
 from libs.common.service import main as run_main
 from services.dns.actor import DnsActor
@@ -27,7 +27,14 @@ async def build(ctx: Context) -> DnsActor:
         signer=ctx.bus.signer,
         verifier=ctx.bus.verifier,
     )
-    return DnsActor(ctx, networks=networks, endpoints=endpoints)
+    services = TypedKV(
+        await js.key_value("qnf-services"),
+        "qnf-services",
+        Service,
+        signer=ctx.bus.signer,
+        verifier=ctx.bus.verifier,
+    )
+    return DnsActor(ctx, networks=networks, endpoints=endpoints, services=services)
 
 
 def main() -> int:

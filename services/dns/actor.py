@@ -1,9 +1,12 @@
-"""The dns actor: follows networks and endpoints in KV and answers on every gateway address.
+"""The dns actor: services on the bus, and the resolver on every gateway address.
 
-No bus commands of its own yet (services arrive with the API); its work is the resolver:
-a watcher rebuilds the record store and the wire cache on every change (a snapshot swapped in
-whole, so the listener threads never see half an update) and opens or closes the UDP and TCP
-listeners as networks come and go.
+Handler table (see `endpoints()`), cluster commands (queue group "dns"):
+
+    qnf.v1.cmd.dns.service.create|get|list|delete
+
+The resolver follows networks, endpoints and services in KV: a watcher rebuilds the record
+store and the wire cache on every change (a snapshot swapped in whole, so the listener threads
+never see half an update) and opens or closes the UDP and TCP listeners as networks come and go.
 """
 
 from __future__ import annotations
@@ -15,8 +18,18 @@ from typing import Any
 from prometheus_client import Counter, Histogram
 
 from libs.common.bus import Endpoint as BusEndpoint
+from libs.common.errors import Conflict, InvalidRequest, NotFound
 from libs.common.kv import TypedKV
-from libs.common.messages import Endpoint, Network
+from libs.common.messages import (
+    Empty,
+    Endpoint,
+    Network,
+    Removed,
+    Service,
+    ServiceList,
+    ServiceRef,
+    ServiceSpec,
+)
 from libs.common.service import Context
 from services.dns.adapters.server import TcpListener, UdpListener
 from services.dns.adapters.upstream import Forwarder
@@ -39,9 +52,19 @@ def _parse_upstream(text: str) -> tuple[str, int]:
 class DnsActor:
     """Owns the record snapshot, the listeners and the forwarder of this node."""
 
-    def __init__(self, ctx: Context, *, networks: TypedKV[Network], endpoints: TypedKV[Endpoint]) -> None:
+    def __init__(
+        self,
+        ctx: Context,
+        *,
+        networks: TypedKV[Network],
+        endpoints: TypedKV[Endpoint],
+        services: TypedKV[Service],
+    ) -> None:
+        self._bus = ctx.bus
         self._networks_kv = networks
         self._endpoints_kv = endpoints
+        self._services_kv = services
+        self.services: dict[str, Service] = {}
         self._domain = ctx.settings.dns_domain
         self.networks: dict[str, Network] = {}
         self.known: dict[str, Endpoint] = {}
@@ -65,16 +88,60 @@ class DnsActor:
         self._forwarded = Counter("qnf_dns_forwarded_total", "Queries forwarded upstream", registry=r)
 
     def endpoints(self) -> list[BusEndpoint[Any, Any]]:
-        return []
+        return [
+            BusEndpoint(
+                "service.create", ServiceSpec, Service, self.create_service, key=lambda r: "services"
+            ),
+            BusEndpoint("service.get", ServiceRef, Service, self.get_service, key=lambda r: "read"),
+            BusEndpoint("service.list", Empty, ServiceList, self.list_services, key=lambda r: "read"),
+            BusEndpoint("service.delete", ServiceRef, Removed, self.delete_service, key=lambda r: "services"),
+        ]
+
+    async def create_service(self, spec: ServiceSpec) -> Service:
+        if spec.network not in self.networks:
+            raise InvalidRequest(f"network: unknown network {spec.network!r}")
+        key = f"{spec.network}.{spec.name}"
+        existing = await self._services_kv.get(key)
+        if existing is not None:
+            if ServiceSpec.model_validate(existing.value.model_dump(exclude={"revision"})) == spec:
+                return existing.value.model_copy(update={"revision": existing.revision})
+            raise Conflict(f"service {spec.name} exists in {spec.network} with a different spec")
+        service = Service(**spec.model_dump())
+        revision = await self._services_kv.create(key, service)
+        self._bus.emit("service.created", service)
+        return service.model_copy(update={"revision": revision})
+
+    async def get_service(self, ref: ServiceRef) -> Service:
+        record = await self._services_kv.get(f"{ref.network}.{ref.name}")
+        if record is None:
+            raise NotFound(f"service {ref.name} does not exist in {ref.network}")
+        return record.value.model_copy(update={"revision": record.revision})
+
+    async def list_services(self, _: Empty) -> ServiceList:
+        return ServiceList(
+            services=[
+                r.value.model_copy(update={"revision": r.revision}) for r in await self._services_kv.items()
+            ]
+        )
+
+    async def delete_service(self, ref: ServiceRef) -> Removed:
+        key = f"{ref.network}.{ref.name}"
+        record = await self._services_kv.get(key)
+        if record is None:
+            return Removed(existed=False)
+        await self._services_kv.delete(key, record.revision)
+        self._bus.emit("service.deleted", record.value)
+        return Removed(existed=True)
 
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
-        synced = [asyncio.Event(), asyncio.Event()]
+        synced = [asyncio.Event(), asyncio.Event(), asyncio.Event()]
         self._tasks = [
             asyncio.create_task(self._watch(self._networks_kv, self.networks, synced[0])),
             asyncio.create_task(self._watch(self._endpoints_kv, self.known, synced[1])),
+            asyncio.create_task(self._watch(self._services_kv, self.services, synced[2])),
         ]
-        await asyncio.wait_for(asyncio.gather(synced[0].wait(), synced[1].wait()), 30)
+        await asyncio.wait_for(asyncio.gather(*(e.wait() for e in synced)), 30)
         await self._rebuild()
 
     async def stop(self) -> None:
@@ -106,7 +173,9 @@ class DnsActor:
                 await asyncio.sleep(1)
 
     async def _rebuild(self) -> None:
-        self._answerer = Answerer(build(self.networks.values(), self.known.values(), self._domain))
+        self._answerer = Answerer(
+            build(self.networks.values(), self.known.values(), self._domain, self.services.values())
+        )
         wanted: dict[str, str] = {}
         for net in self.networks.values():
             wanted[str(net.gateway)] = net.name

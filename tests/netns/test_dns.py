@@ -258,3 +258,30 @@ def test_removed_endpoint_stops_resolving(env: Env) -> None:
             time.sleep(0.2)
     finally:
         netns.remove(space)
+
+
+def test_service_names_and_srv(env: Env) -> None:
+    svc = env.gw.call(
+        "qnf.v1.cmd.dns.service.create",
+        {
+            "name": "app",
+            "network": "blue",
+            "endpointSelector": {},
+            "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}],
+        },
+    )
+    assert svc["name"] == "app"
+    _wait_answer(env, "web", "app.blue.qnf.local", sorted([env.ips["web"], env.ips["db"]]))
+    srv = env.query("web", "_http._tcp.app.blue.qnf.local", "SRV")
+    assert srv is not None
+    assert sorted((a.rdata.port, str(a.rdata.target)) for a in srv.rr) == [
+        (8080, "db.blue.qnf.local."),
+        (8080, "web.blue.qnf.local."),
+    ]
+    hidden = env.query("other", "app.blue.qnf.local")
+    assert hidden is not None and hidden.header.rcode == RCODE.NXDOMAIN
+    assert env.gw.call("qnf.v1.cmd.dns.service.delete", {"name": "app", "network": "blue"}) == {
+        "existed": True
+    }
+    bad = env.gw.request("qnf.v1.cmd.dns.service.create", {"name": "x", "network": "nope"})
+    assert bad["error"]["code"] == "invalid"

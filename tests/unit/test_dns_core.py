@@ -136,3 +136,27 @@ def test_fuzz_mutated_queries_never_raise(offset: int, junk: bytes, cut: int) ->
     for packet in (bytes(base), bytes(base[:cut])):
         out = Answerer(STORE).answer("blue", packet, udp=True)
         assert out is None or isinstance(out, (bytes, Forward))
+
+
+def test_services_select_endpoints_and_publish_srv() -> None:
+    from libs.common.messages import Service
+
+    svc = Service.model_validate(
+        {"name": "app", "network": "blue", "endpointSelector": {}, "ports": [{"name": "pg", "port": 5432}]}
+    )
+    store = build(
+        [BLUE, RED],
+        [ep("web", BLUE, "10.1.0.2/24"), ep("db", BLUE, "10.1.0.3/24"), ep("api", RED, "10.2.0.2/24")],
+        "qnf.local",
+        [svc],
+    )
+    assert [r[2] for r in resolve(store, "blue", "app.blue.qnf.local", 1).records] == ["10.1.0.2", "10.1.0.3"]
+    assert [r[2] for r in resolve(store, "blue", "_pg._tcp.app.blue.qnf.local", 33).records] == [
+        "0 10 5432 db.blue.qnf.local.",
+        "0 10 5432 web.blue.qnf.local.",
+    ]
+    out = Answerer(store).answer(
+        "blue", DNSRecord.question("_pg._tcp.app.blue.qnf.local", "SRV").pack(), udp=True
+    )
+    assert isinstance(out, bytes) and sorted(a.rdata.port for a in DNSRecord.parse(out).rr) == [5432, 5432]
+    assert resolve(store, "red", "app.blue.qnf.local", 1).rcode == NXDOMAIN

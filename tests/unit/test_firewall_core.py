@@ -33,12 +33,12 @@ from libs.common.messages import (
     PolicySpec,
     Verdict,
 )
+from libs.common.selectors import NETWORK_NAME_LABEL, matches
 from services.firewall.core import k8s
 from services.firewall.core.compiler import Box, Compiled, compile_model, disjoint
 from services.firewall.core.explain import explain
 from services.firewall.core.keys import policy_key, ref_key
 from services.firewall.core.model import Model, build, group_id, policy_types
-from services.firewall.core.selectors import NETWORK_NAME_LABEL, matches
 from services.firewall.core.validate import validate
 
 OUTSIDE = "203.0.113.7"

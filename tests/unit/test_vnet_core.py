@@ -15,6 +15,7 @@ from services.vnet.core import ipam
 from services.vnet.core.names import (
     OWNED_BRIDGE,
     OWNED_VETH,
+    bridge_mac,
     bridge_name,
     default_endpoint_name,
     endpoint_id,
@@ -143,6 +144,8 @@ def test_names_are_deterministic_and_fit_ifnamsiz() -> None:
     assert eid == endpoint_id("c0ffee", "eth0") != endpoint_id("c0ffee", "eth1")
     assert OWNED_VETH.match(host_veth_name(eid)) and len(host_veth_name(eid)) <= 15
     assert OWNED_BRIDGE.match(bridge_name("a" * 63)) and len(bridge_name("a" * 63)) <= 15
+    assert bridge_mac("blue") == bridge_mac("blue") != bridge_mac("red")
+    assert int(bridge_mac("blue")[:2], 16) & 0x03 == 0x02
     mac = endpoint_mac(eid)
     assert int(mac[:2], 16) & 0x03 == 0x02  # unicast, locally administered
     assert lease_key("blue", "fd00::2") == "blue.fd00__2"

@@ -18,10 +18,10 @@ from dataclasses import dataclass
 from typing import Final
 
 from dnslib import AAAA as AAAA_RDATA
-from dnslib import EDNS0, PTR, QTYPE, RR, SOA, DNSHeader, DNSQuestion, DNSRecord
+from dnslib import EDNS0, PTR, QTYPE, RR, SOA, SRV, DNSHeader, DNSQuestion, DNSRecord
 from dnslib import A as A_RDATA
 
-from services.dns.core.records import AAAA, NOERROR, NXDOMAIN, TTL, A, Answer, RecordStore, resolve
+from services.dns.core.records import AAAA, NOERROR, NXDOMAIN, SRV_TYPE, TTL, A, Answer, RecordStore, resolve
 
 EDNS_SIZE: Final = 1232  # the DNS flag day 2020 default
 MAX_UDP_NO_EDNS: Final = 512
@@ -67,7 +67,10 @@ def parse_fast(packet: bytes) -> Question | None:
             break
         if length > 63 or pos + 1 + length > len(packet):
             return None
-        labels.append(packet[pos + 1 : pos + 1 + length])
+        label = packet[pos + 1 : pos + 1 + length]
+        if b"." in label:
+            return None  # a dot inside a label: leave such names to the slow path
+        labels.append(label)
         pos += 1 + length
         if pos >= len(packet) or pos - 12 > 255:
             return None
@@ -93,6 +96,9 @@ def _rdata(rtype: int, value: str) -> object:
         return A_RDATA(value)
     if rtype == AAAA:
         return AAAA_RDATA(value)
+    if rtype == SRV_TYPE:
+        priority, weight, port, target = value.split()
+        return SRV(int(priority), int(weight), int(port), target)
     return PTR(value)
 
 
@@ -151,7 +157,10 @@ class Answerer:
             answer = resolve(self.store, network, q.name, q.qtype)
             if answer.forward:
                 return Forward(q, packet)
-            template = build_response(q, answer, self.store)
+            try:
+                template = build_response(q, answer, self.store)
+            except Exception:  # a name dnslib cannot encode (empty or odd labels): the query was bad
+                return error_response(packet, FORMERR)
             self._cache[key] = template
         else:
             self.hits += 1

@@ -4,6 +4,8 @@ Names are normalised once, at the edge (lower case, trailing dot). A client asks
 gateway of the network it is on and sees only that network's names:
 
     <endpoint>.<network>.<domain>.   A / AAAA of the endpoint's addresses
+    <service>.<network>.<domain>.    A / AAAA of every endpoint the service selects
+    _<port>._<proto>.<service>.<network>.<domain>.   SRV to each selected endpoint's name
     <reversed address>.in-addr.arpa. / ip6.arpa.   PTR to the endpoint's name (same network only)
 
 Other names under <domain>. answer NXDOMAIN; everything else is not ours (forwarded). Lookups
@@ -17,11 +19,13 @@ from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv6Address, ip_address
 from typing import Final
 
-from libs.common.messages import Endpoint, Network
+from libs.common.messages import Endpoint, Network, Service
+from libs.common.selectors import matches
 
 A: Final = 1
 PTR: Final = 12
 AAAA: Final = 28
+SRV_TYPE: Final = 33
 TTL: Final = 5  # short: a moved or removed endpoint is seen within seconds
 
 
@@ -66,11 +70,28 @@ class RecordStore:
         return name == self.domain or name.endswith("." + self.domain)
 
 
-def build(networks: Iterable[Network], endpoints: Iterable[Endpoint], domain: str) -> RecordStore:
-    """A snapshot of every zone from the networks and endpoints in KV."""
+def build(
+    networks: Iterable[Network], endpoints: Iterable[Endpoint], domain: str, services: Iterable[Service] = ()
+) -> RecordStore:
+    """A snapshot of every zone from the networks, endpoints and services in KV."""
     domain = normalise(domain)
     per_net: dict[str, dict[tuple[str, int], list[str]]] = {}
     suffixes = {n.name: f"{n.name}.{domain}" for n in networks}
+    endpoints = list(endpoints)
+    for svc in services:
+        if svc.network not in suffixes:
+            continue
+        records = per_net.setdefault(svc.network, {})
+        fqdn = f"{svc.name}.{suffixes[svc.network]}".lower()
+        for ep in endpoints:
+            if ep.network != svc.network or not matches(svc.endpoint_selector, ep.labels):
+                continue
+            target = f"{ep.name}.{suffixes[ep.network]}".lower()
+            for iface in ep.addresses:
+                records.setdefault((fqdn, A if iface.version == 4 else AAAA), []).append(str(iface.ip))
+            for port in svc.ports:
+                srv = f"_{port.name}._{port.protocol.lower()}.{fqdn}"
+                records.setdefault((srv, SRV_TYPE), []).append(f"0 10 {port.port} {target}")
     for ep in endpoints:
         if ep.network not in suffixes:
             continue

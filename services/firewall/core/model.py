@@ -31,7 +31,7 @@ from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, collap
 from typing import Final, Literal
 
 from libs.common.messages import Endpoint, LabelSelector, Network, Peer, Policy, PolicyPort, PolicyRule
-from services.firewall.core.selectors import matches, network_labels
+from libs.common.selectors import matches, network_labels
 
 Address = IPv4Address | IPv6Address
 Net = IPv4Network | IPv6Network

@@ -170,7 +170,7 @@ class PyrouteDataplane:
                         raise
             index = self._index(self._ipr, plan.name)
             assert index is not None
-            self._ipr.link("set", index=index, mtu=plan.mtu, state="up")
+            self._ipr.link("set", index=index, mtu=plan.mtu, address=plan.mac, state="up")
             for addr in plan.addresses:
                 self._add_address(self._ipr, index, addr, f"bridge {plan.name}")
 

@@ -34,6 +34,17 @@ def host_veth_name(endpoint: str) -> str:
     return f"q{endpoint[:10]}"
 
 
+def bridge_mac(network: str) -> str:
+    """A fixed MAC for a network's bridge.
+
+    Left to itself a Linux bridge takes the lowest MAC of its ports, so removing one container
+    can change the gateway's MAC under every other container's ARP cache: seconds of silence.
+    """
+    raw = bytearray(bytes.fromhex(_digest("bridge-mac", network)[:12]))
+    raw[0] = (raw[0] & 0xFC) | 0x02
+    return ":".join(f"{b:02x}" for b in raw)
+
+
 def endpoint_mac(endpoint: str) -> str:
     """A locally administered unicast MAC derived from the endpoint id."""
     raw = bytearray(bytes.fromhex(_digest("mac", endpoint)[:12]))

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Interface, IPv6Address, IPv6Interface, ip_interface
 
 from libs.common.messages import Endpoint, Network
+from services.vnet.core.names import bridge_mac
 
 Interface = IPv4Interface | IPv6Interface
 
@@ -20,6 +21,7 @@ class BridgePlan:
     name: str
     mtu: int
     addresses: tuple[Interface, ...]
+    mac: str
 
 
 @dataclass(frozen=True)
@@ -40,7 +42,7 @@ def bridge_plan(network: Network) -> BridgePlan:
     addresses: list[Interface] = [ip_interface(f"{network.gateway}/{network.subnet.prefixlen}")]
     if network.subnet6 is not None and network.gateway6 is not None:
         addresses.append(ip_interface(f"{network.gateway6}/{network.subnet6.prefixlen}"))
-    return BridgePlan(network.bridge, network.mtu, tuple(addresses))
+    return BridgePlan(network.bridge, network.mtu, tuple(addresses), bridge_mac(network.name))
 
 
 def veth_plan(network: Network, endpoint: Endpoint) -> VethPlan:

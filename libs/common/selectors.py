@@ -1,4 +1,4 @@
-"""Kubernetes label-selector semantics, in one place.
+"""Kubernetes label-selector semantics, in one place (the firewall and DNS services select by labels).
 
 An empty selector (no labels, no expressions) selects everything; a missing selector (None) is
 decided by the caller, because its meaning depends on where it stands.

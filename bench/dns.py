@@ -1,0 +1,666 @@
+"""The fabric's resolver against dnsmasq: queries per second and latency, same machine, same run.
+
+What it measures, for two query sets — fabric names (`ep<i>.bench.qnf.local A`, answered from
+the fabric's own records) and forwarded names (`fwd<i>.example.test A`, answered by a test
+upstream once and then from the fabric's forwarding cache) — against dnsmasq serving the very
+same names and addresses from its own records (no upstream at all):
+
+  1. saturation: dnsperf with several sockets and up to 100 queries outstanding for `--seconds`,
+     queries per second completed, lost queries and mean latency;
+  2. unloaded latency: dnsperf with one query outstanding at 1000 queries/s (2000 queries),
+     per-query round trip from `-v`, p50/p99 — the same method for both servers;
+  3. paced: 1900 queries/s of fabric names, just under the resolver's per-client limit, so the
+     two servers can be compared under load where the limit does not decide the outcome;
+
+printed side by side with the ratio qnf/dnsmasq, and informational PASS/FAIL against the targets
+(>= 0.9x dnsmasq's qps for fabric names, p50 <= 30 us unloaded).
+
+How: one throwaway node namespace runs the whole fabric (`qnf up`, as in `bench.vnet`), with
+QNF_DNS_UPSTREAMS pointing at a tiny dnslib resolver on the node's loopback (like
+`tests/netns/test_dns.py`). Two networks are created through the signed bus as the gateway
+identity: `bench` (10.160.0.0/24, `--endpoints` container namespaces named ep0..) and `other`
+(10.161.0.0/24, one endpoint `x0`). dnsmasq runs in the node namespace too, bound to the bench
+network's gateway address on port 5300, so that both servers are reached by the same packets on
+the same path (container veth, bridge, the fabric's nftables) and differ only in the process
+that answers. dnsperf runs inside ep0's namespace: queries come from the bench network's subnet,
+so the resolver's scope check applies to every one of them.
+
+Why the qnf saturation number is what it is: the resolver limits each client address to
+RATE_PER_CLIENT queries/s with a burst of BURST_PER_CLIENT (services/dns/adapters/server.py) and
+silently drops the excess. dnsperf sends from one address, so the as-is saturation figure is the
+limiter's, not the resolver's: the report shows the limiter's ceiling, the lost queries and
+dnsperf's per-second rates beside it. The service is measured unmodified.
+
+Correctness is checked in the same run: a sample of fabric and forwarded names answers with the
+right address from both servers; a name and a reverse name of the `other` network get NXDOMAIN
+from ep0 (while x0 itself resolves its own name); every dnsperf response for fabric names is
+NOERROR and every one for the other network's name is NXDOMAIN. The exit status is 1 when a
+check fails; the targets are informational.
+
+Everything — dnsmasq, the upstream, the fabric, the container and node namespaces, the temporary
+directory — is removed at the end, also on failure, Ctrl-C or SIGTERM.
+
+    python -m bench.dns [--endpoints 50] [--seconds 5] [--forwarded 50]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import FrameType
+from typing import TYPE_CHECKING, Any
+
+from dnslib import RCODE, DNSRecord
+
+from services.dns.adapters.server import BURST_PER_CLIENT, RATE_PER_CLIENT
+
+if TYPE_CHECKING:
+    from libs.common.testing import FabricNode, NodeClient
+
+DOMAIN = "qnf.local"
+NETWORK = "bench"
+SUBNET = "10.160.0.0/24"
+GATEWAY = "10.160.0.1"
+OTHER = "other"
+OTHER_SUBNET = "10.161.0.0/24"
+OTHER_GATEWAY = "10.161.0.1"
+OTHER_NAME = "x0"
+FORWARD_ZONE = "example.test"
+UPSTREAM_PORT = 5353  # the test upstream, on the node's loopback
+DNSMASQ_PORT = 5300  # dnsmasq, on the bench network's gateway address
+UNLOADED_QUERIES = 2000
+UNLOADED_QPS = 1000
+PACED_QPS = 1900  # just under RATE_PER_CLIENT
+SATURATION = ["-c", "4", "-T", "2", "-q", "100", "-t", "1"]
+TARGET_QPS_RATIO = 0.9
+TARGET_P50_US = 30.0
+DNSPERF_SLACK_S = 60.0
+
+UPSTREAM = f"""
+import re, socket
+from dnslib import DNSRecord, RR, A, QTYPE, RCODE
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind(("127.0.0.1", {UPSTREAM_PORT}))
+name = re.compile(r"fwd(\\d+)\\.{re.escape(FORWARD_ZONE)}\\.$")
+print("ready", flush=True)
+while True:
+    data, addr = s.recvfrom(4096)
+    try:
+        q = DNSRecord.parse(data)
+    except Exception:
+        continue
+    r = q.reply()
+    m = name.match(str(q.q.qname).lower())
+    if m is None:
+        r.header.rcode = RCODE.NXDOMAIN
+    elif q.q.qtype == QTYPE.A:
+        n = int(m.group(1))
+        r.add_answer(RR(q.q.qname, QTYPE.A, rdata=A("198.18.%d.%d" % (n // 250, n % 250 + 1)), ttl=3600))
+    s.sendto(r.pack(), addr)
+"""
+
+
+def forwarded_address(i: int) -> str:
+    """What the test upstream answers for fwd<i> (the same formula as in UPSTREAM)."""
+    return f"198.18.{i // 250}.{i % 250 + 1}"
+
+
+# ---------------------------------------------------------------------- dnsperf
+
+
+@dataclass
+class Perf:
+    """One dnsperf run, parsed from its report."""
+
+    sent: int
+    completed: int
+    lost: int
+    qps: float
+    avg_latency_s: float
+    rcodes: dict[str, int]
+    latencies: list[float] = field(default_factory=list)  # seconds, from -v
+    intervals: list[float] = field(default_factory=list)  # qps per -S interval
+
+    @property
+    def lost_pct(self) -> float:
+        return 100.0 * self.lost / self.sent if self.sent else 0.0
+
+
+_NUM = {
+    "sent": re.compile(r"Queries sent:\s+(\d+)"),
+    "completed": re.compile(r"Queries completed:\s+(\d+)"),
+    "lost": re.compile(r"Queries lost:\s+(\d+)"),
+    "qps": re.compile(r"Queries per second:\s+([\d.]+)"),
+    "avg": re.compile(r"Average Latency \(s\):\s+([\d.]+)"),
+}
+_RCODES = re.compile(r"Response codes:\s+(.*)")
+_VERBOSE = re.compile(r"^> (\S+) \S+ \S+ ([\d.]+)$", re.M)
+_INTERVAL = re.compile(r"^\d+\.\d+: ([\d.]+)$", re.M)
+
+
+def parse_dnsperf(text: str) -> Perf:
+    """The numbers of a dnsperf 2.x report (and its -v / -S lines when present)."""
+    found = {key: rx.search(text) for key, rx in _NUM.items()}
+    missing = [key for key, m in found.items() if m is None]
+    if missing:
+        raise RuntimeError(f"dnsperf report without {missing}:\n{text[-2000:]}")
+    value = {key: m.group(1) for key, m in found.items() if m is not None}
+    codes = _RCODES.search(text)
+    rcodes = {k: int(v) for k, v in re.findall(r"(\w+) (\d+) \(", codes.group(1))} if codes else {}
+    return Perf(
+        sent=int(value["sent"]),
+        completed=int(value["completed"]),
+        lost=int(value["lost"]),
+        qps=float(value["qps"]),
+        avg_latency_s=float(value["avg"]),
+        rcodes=rcodes,
+        latencies=[float(m.group(2)) for m in _VERBOSE.finditer(text)],
+        intervals=[float(m.group(1)) for m in _INTERVAL.finditer(text)],
+    )
+
+
+def dnsperf(space: str, server: str, port: int, data: Path, args: list[str], seconds: float) -> Perf:
+    """dnsperf inside `space` against server:port with the query file `data`."""
+    argv = ["nsenter", f"--net=/run/netns/{space}", "dnsperf", "-s", server, "-p", str(port)]
+    proc = subprocess.run(
+        [*argv, "-d", str(data), *args], capture_output=True, text=True, timeout=seconds + DNSPERF_SLACK_S
+    )
+    if proc.returncode != 0:
+        raise RuntimeError(f"dnsperf exited {proc.returncode}: {proc.stderr.strip()} {proc.stdout[-1000:]}")
+    return parse_dnsperf(proc.stdout)
+
+
+# ---------------------------------------------------------------------- probe (inside a namespace)
+
+
+def probe(server: str, port: int) -> int:
+    """`--probe`: answer the JSON list of [name, qtype] on stdin with one JSON list on stdout.
+
+    Runs inside a container namespace (through nsenter); sequential queries, 2 s timeout each,
+    None for a query that got no answer.
+    """
+    questions = json.load(sys.stdin)
+    out: list[dict[str, Any] | None] = []
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.settimeout(2.0)
+        for name, qtype in questions:
+            query = DNSRecord.question(name, qtype)
+            sock.sendto(query.pack(), (server, port))
+            try:
+                while True:
+                    reply = DNSRecord.parse(sock.recv(65535))
+                    if reply.header.id == query.header.id:
+                        break
+            except TimeoutError:
+                out.append(None)
+                continue
+            out.append(
+                {
+                    "rcode": RCODE.get(reply.header.rcode),
+                    "aa": bool(reply.header.aa),
+                    "answers": sorted(str(rr.rdata) for rr in reply.rr),
+                }
+            )
+    print(json.dumps(out))
+    return 0
+
+
+def ask(space: str, server: str, port: int, questions: list[tuple[str, str]]) -> list[dict[str, Any] | None]:
+    """Run `--probe` in `space` (a fresh interpreter, so no namespace switching in this one)."""
+    proc = subprocess.run(
+        [
+            "nsenter",
+            f"--net=/run/netns/{space}",
+            sys.executable,
+            "-m",
+            "bench.dns",
+            "--probe",
+            server,
+            str(port),
+        ],
+        input=json.dumps(questions),
+        capture_output=True,
+        text=True,
+        timeout=30 + 2.5 * len(questions),
+        cwd=Path(__file__).resolve().parents[1],
+    )
+    if proc.returncode != 0:
+        raise RuntimeError(f"probe in {space} failed: {proc.stderr.strip()}")
+    return json.loads(proc.stdout)  # type: ignore[no-any-return]
+
+
+def wait_answer(space: str, server: str, port: int, name: str, want: list[str], timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        got = ask(space, server, port, [(name, "A")])[0]
+        if got is not None and got["answers"] == want:
+            return
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{name} via {server}:{port} never answered {want}: last {got}")
+        time.sleep(0.2)
+
+
+# ---------------------------------------------------------------------- set-up
+
+
+@dataclass
+class Bench:
+    """Everything the run creates, so that `cleanup` can remove it in any state."""
+
+    tmp: Path
+    node: str
+    spaces: dict[str, str] = field(default_factory=dict)  # endpoint name -> namespace
+    ips: dict[str, str] = field(default_factory=dict)  # endpoint name -> IPv4 address
+    procs: dict[str, subprocess.Popen[str]] = field(default_factory=dict)
+    fabric: FabricNode | None = None
+    gw: NodeClient | None = None
+    node_created: bool = False
+
+    def spawn(self, label: str, argv: list[str], ready: str | None = None) -> subprocess.Popen[str]:
+        """A process in the node namespace, in its own session (Ctrl-C reaches us, not it)."""
+        proc = subprocess.Popen(
+            ["nsenter", f"--net=/run/netns/{self.node}", *argv],
+            stdout=subprocess.PIPE if ready else subprocess.DEVNULL,
+            text=True,
+            start_new_session=True,
+        )
+        self.procs[label] = proc
+        if ready is not None:
+            assert proc.stdout is not None
+            line = proc.stdout.readline().strip()
+            if line != ready:
+                raise RuntimeError(f"{label} did not start: {line!r}")
+        return proc
+
+    def add_endpoint(self, name: str, network: str) -> None:
+        from pyroute2 import netns
+
+        assert self.gw is not None
+        space = f"qnfdc-{uuid.uuid4().hex[:8]}"
+        netns.create(space)
+        self.spaces[name] = space
+        ep = self.gw.call(
+            "qnf.v1.node.n1.vnet.endpoint.add",
+            {
+                "request_id": space,
+                "container_id": space,
+                "ifname": "eth0",
+                "netns": f"/run/netns/{space}",
+                "network": network,
+                "name": name,
+            },
+            timeout=30,
+        )
+        self.ips[name] = ep["addresses"][0].split("/")[0]
+
+    def cleanup(self) -> None:
+        from pyroute2 import netns
+
+        from libs.common.testing import pids_in_netns, stop_fabric
+
+        def attempt(what: str, fn: Any, *args: Any) -> None:
+            try:
+                fn(*args)
+            except Exception as exc:  # keep cleaning up
+                print(f"could not {what}: {exc}", file=sys.stderr)
+
+        for label, proc in self.procs.items():
+            attempt(f"stop {label}", _stop, proc)
+        if self.gw is not None:
+            attempt("close the bus client", self.gw.close)
+        if self.fabric is not None:
+            attempt("stop the fabric", stop_fabric, self.fabric)
+        for space in self.spaces.values():
+            attempt(f"remove {space}", netns.remove, space)
+        if self.node_created:
+            # Anything still in the node namespace was started by this run: it is ours to kill.
+            for pid in _safe(pids_in_netns, self.node):
+                attempt(f"kill {pid}", subprocess.run, ["kill", "-9", str(pid)])
+            attempt(f"remove {self.node}", netns.remove, self.node)
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+def _stop(proc: subprocess.Popen[str]) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    if proc.stdout is not None:
+        proc.stdout.close()
+
+
+def _safe(fn: Any, *args: Any) -> list[int]:
+    try:
+        return list(fn(*args))
+    except Exception:
+        return []
+
+
+def dnsmasq_argv(tmp: Path, hosts: dict[str, str]) -> list[str]:
+    """dnsmasq answering `hosts` (name -> address) from its own records only, on the gateway."""
+    hosts_file = tmp / "dnsmasq.hosts"
+    hosts_file.write_text("".join(f"{ip} {name}\n" for name, ip in hosts.items()))
+    return [
+        "dnsmasq",
+        "--keep-in-foreground",
+        "--conf-file=/dev/null",  # not /etc/dnsmasq.conf
+        "--no-resolv",  # no upstream from /etc/resolv.conf ...
+        "--no-hosts",  # ... nor names from /etc/hosts
+        f"--addn-hosts={hosts_file}",
+        f"--local=/{DOMAIN}/",  # unknown names in both zones: NXDOMAIN here, never forwarded
+        f"--local=/{FORWARD_ZONE}/",
+        "--local-ttl=5",  # the fabric's record TTL
+        f"--listen-address={GATEWAY}",
+        "--bind-interfaces",
+        f"--port={DNSMASQ_PORT}",
+        "--user=root",
+        f"--pid-file={tmp / 'dnsmasq.pid'}",
+        f"--log-facility={tmp / 'dnsmasq.log'}",
+    ]
+
+
+# ---------------------------------------------------------------------- report
+
+
+def _pct_us(values: list[float], q: float) -> float:
+    """Nearest-rank percentile in microseconds."""
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1e6
+
+
+@dataclass
+class Row:
+    server: str
+    qset: str
+    sat: Perf
+    idle: Perf
+
+
+def _intervals(p: Perf) -> str:
+    return ", ".join(f"{v:,.0f}" for v in p.intervals) or "n/a"
+
+
+def report(
+    rows: list[Row], paced: dict[str, Perf], checks: list[tuple[str, bool]], args: argparse.Namespace
+) -> None:
+    by = {(r.server, r.qset): r for r in rows}
+    print()
+    print(
+        f"fabric resolver vs dnsmasq, same node, same run: dnsperf in ep0's namespace ({args.endpoints} "
+        f"fabric names, {args.forwarded} forwarded names)"
+    )
+    print(
+        f"saturation: dnsperf {' '.join(SATURATION)} -l {args.seconds}; unloaded: -q 1 -Q {UNLOADED_QPS}, "
+        f"{UNLOADED_QUERIES} queries, latency per query from -v (1 us resolution)"
+    )
+    head = (
+        f"{'server':8} {'query set':18} {'sat qps':>10} {'lost %':>7} {'sat avg us':>10}"
+        f" {'p50 us':>7} {'p99 us':>7} {'qps x':>7} {'p50 x':>7}"
+    )
+    print(head)
+    print("-" * len(head))
+    for r in rows:
+        ratio = ""
+        if r.server == "qnf":
+            ref = by[("dnsmasq", r.qset)]
+            ratio = (
+                f" {r.sat.qps / ref.sat.qps:6.3f}x"
+                f" {_pct_us(r.idle.latencies, 0.5) / _pct_us(ref.idle.latencies, 0.5):6.2f}x"
+            )
+        print(
+            f"{r.server:8} {r.qset:18} {r.sat.qps:10,.0f} {r.sat.lost_pct:7.2f} {r.sat.avg_latency_s * 1e6:10.0f}"
+            f" {_pct_us(r.idle.latencies, 0.5):7.0f} {_pct_us(r.idle.latencies, 0.99):7.0f}{ratio}"
+        )
+    print("(qps x, p50 x: qnf / dnsmasq for the same query set; p50/p99 are the unloaded run's)")
+
+    print()
+    print(f"paced: {PACED_QPS} qps of fabric names for {args.seconds} s (under the per-client limit)")
+    for server, p in paced.items():
+        print(
+            f"  {server:8} {p.qps:8,.0f} qps  lost {p.lost:>5}  avg {p.avg_latency_s * 1e6:6.0f} us"
+            f"  p50 {_pct_us(p.latencies, 0.5):5.0f} us  p99 {_pct_us(p.latencies, 0.99):6.0f} us"
+        )
+
+    print()
+    ceiling = RATE_PER_CLIENT + BURST_PER_CLIENT / args.seconds
+    print(
+        f"per-client rate limit (services/dns/adapters/server.py): {RATE_PER_CLIENT:,.0f} qps, burst "
+        f"{BURST_PER_CLIENT:,.0f}, excess dropped silently"
+    )
+    print(
+        f"  dnsperf sends from one address, so qnf's saturation is capped at ~{ceiling:,.0f} qps over "
+        f"{args.seconds} s ({RATE_PER_CLIENT:,.0f} + {BURST_PER_CLIENT:,.0f}/{args.seconds})"
+    )
+    for r in rows:
+        if r.server != "qnf":
+            continue
+        print(
+            f"  qnf {r.qset:18} sent {r.sat.sent:>8,} completed {r.sat.completed:>8,} lost {r.sat.lost:>7,}"
+            f"  per-second qps: {_intervals(r.sat)}"
+        )
+    for r in rows:
+        if r.server == "dnsmasq":
+            print(f"  dnsmasq {r.qset:14} per-second qps: {_intervals(r.sat)}")
+
+    print()
+    print("correctness (same run)")
+    for text, ok in checks:
+        print(f"  {'ok  ' if ok else 'FAIL'}  {text}")
+
+    print()
+    print("targets (informational)")
+    fab, ref = by[("qnf", "fabric names")], by[("dnsmasq", "fabric names")]
+    ratio = fab.sat.qps / ref.sat.qps
+    p50 = _pct_us(fab.idle.latencies, 0.5)
+    scoped = all(ok for _, ok in checks)
+    for text, ok in (
+        (
+            f"fabric names: qnf {fab.sat.qps:,.0f} qps >= {TARGET_QPS_RATIO}x dnsmasq {ref.sat.qps:,.0f} qps "
+            f"(is {ratio:.3f}x)",
+            ratio >= TARGET_QPS_RATIO,
+        ),
+        (f"fabric names: qnf unloaded p50 {p50:.0f} us <= {TARGET_P50_US:.0f} us", p50 <= TARGET_P50_US),
+        ("every answer respects the asker's scope (checks above)", scoped),
+    ):
+        print(f"  {'PASS' if ok else 'FAIL'}  {text}")
+
+
+# ---------------------------------------------------------------------- main
+
+
+def bench(args: argparse.Namespace) -> int:
+    from pyroute2 import NetNS, netns
+
+    from libs.common.testing import start_fabric
+
+    for tool in ("dnsperf", "dnsmasq"):
+        if shutil.which(tool) is None and not Path(f"/usr/sbin/{tool}").exists():
+            print(f"{tool} is not installed (Debian package {tool})")
+            return 2
+
+    run = Bench(tmp=Path(tempfile.mkdtemp(prefix="qnf-dnsbench-")), node=f"qnfdn-{uuid.uuid4().hex[:6]}")
+    try:
+        netns.create(run.node)
+        run.node_created = True
+        with NetNS(run.node) as nsh:
+            nsh.link("set", index=nsh.link_lookup(ifname="lo")[0], state="up")
+        run.spawn("upstream", [sys.executable, "-c", UPSTREAM], ready="ready")
+        run.fabric = start_fabric(
+            run.node, run.tmp / "state", env={"QNF_DNS_UPSTREAMS": f'["127.0.0.1:{UPSTREAM_PORT}"]'}
+        )
+        run.gw = run.fabric.client()
+        # default-allow only so that ep0 may reach dnsmasq on the gateway's port 5300; port 53 is
+        # accepted before any policy, and answered packets take the conntrack "established" rule
+        # either way, so the resolver's packet path is the same as on a zero-trust network.
+        run.gw.call(
+            "qnf.v1.cmd.vnet.network.create",
+            {"name": NETWORK, "subnet": SUBNET, "isolation": "default-allow"},
+        )
+        run.gw.call("qnf.v1.cmd.vnet.network.create", {"name": OTHER, "subnet": OTHER_SUBNET})
+        names = [f"ep{i}" for i in range(args.endpoints)]
+        started = time.perf_counter()
+        for name in names:
+            run.add_endpoint(name, NETWORK)
+        run.add_endpoint(OTHER_NAME, OTHER)
+        print(
+            f"  {len(names) + 1} endpoints up in {time.perf_counter() - started:.1f} s",
+            file=sys.stderr,
+            flush=True,
+        )
+        client = run.spaces["ep0"]
+        fabric_fqdn = {name: f"{name}.{NETWORK}.{DOMAIN}" for name in names}
+        forwarded = {f"fwd{i}.{FORWARD_ZONE}": forwarded_address(i) for i in range(args.forwarded)}
+        hosts = {fabric_fqdn[n]: run.ips[n] for n in names} | forwarded
+        run.spawn("dnsmasq", dnsmasq_argv(run.tmp, hosts))
+
+        last = names[-1]
+        wait_answer(client, GATEWAY, 53, fabric_fqdn[last], [run.ips[last]])
+        wait_answer(client, GATEWAY, DNSMASQ_PORT, fabric_fqdn[last], [run.ips[last]])
+        other_fqdn = f"{OTHER_NAME}.{OTHER}.{DOMAIN}"
+        wait_answer(run.spaces[OTHER_NAME], OTHER_GATEWAY, 53, other_fqdn, [run.ips[OTHER_NAME]])
+
+        checks = correctness(run, names, fabric_fqdn, forwarded)  # also warms the forwarding cache
+
+        files = {"fabric names": run.tmp / "fabric.txt", "forwarded cached": run.tmp / "forwarded.txt"}
+        files["fabric names"].write_text("".join(f"{fabric_fqdn[n]} A\n" for n in names))
+        files["forwarded cached"].write_text("".join(f"{n} A\n" for n in forwarded))
+        other_file = run.tmp / "other.txt"
+        other_file.write_text(f"{other_fqdn} A\n")
+        servers = {"qnf": (GATEWAY, 53), "dnsmasq": (GATEWAY, DNSMASQ_PORT)}
+        refill = BURST_PER_CLIENT / RATE_PER_CLIENT + 0.5  # a full bucket before each qnf run
+
+        def step(label: str) -> None:
+            print(f"  {label}", file=sys.stderr, flush=True)
+
+        idle: dict[tuple[str, str], Perf] = {}
+        for qset, data in files.items():
+            runs = math.ceil(UNLOADED_QUERIES / len(data.read_text().splitlines()))
+            for server, (host, port) in servers.items():
+                step(f"unloaded {server} {qset}")
+                idle[(server, qset)] = dnsperf(
+                    client, host, port, data, ["-q", "1", "-Q", str(UNLOADED_QPS), "-n", str(runs), "-v"], 30
+                )
+                time.sleep(refill)
+        paced: dict[str, Perf] = {}
+        for server, (host, port) in servers.items():
+            step(f"paced {server}")
+            paced[server] = dnsperf(
+                client,
+                host,
+                port,
+                files["fabric names"],
+                ["-q", "10", "-Q", str(PACED_QPS), "-l", str(args.seconds), "-v", "-t", "1"],
+                args.seconds,
+            )
+            time.sleep(refill)
+        rows: list[Row] = []
+        for qset, data in files.items():
+            for server, (host, port) in servers.items():
+                step(f"saturation {server} {qset}")
+                sat = dnsperf(
+                    client, host, port, data, [*SATURATION, "-l", str(args.seconds), "-S", "1"], args.seconds
+                )
+                rows.append(Row(server, qset, sat, idle[(server, qset)]))
+                time.sleep(refill)
+
+        # Under load, too: every fabric answer was NOERROR, and the other network stays invisible.
+        for r in rows + [Row(s, "fabric names", p, p) for s, p in paced.items()]:
+            if r.qset == "fabric names":
+                bad = {k: v for k, v in r.sat.rcodes.items() if k != "NOERROR"}
+                checks.append(
+                    (f"{r.server} under load: all {r.sat.completed:,} fabric answers NOERROR", not bad)
+                )
+        step("scope under load")
+        scope = dnsperf(client, GATEWAY, 53, other_file, ["-q", "10", "-Q", "1500", "-l", "2", "-t", "1"], 2)
+        checks.append(
+            (
+                f"{scope.completed:,} queries for {other_fqdn} from ep0 at 1500 qps: all NXDOMAIN "
+                f"({scope.rcodes})",
+                scope.completed > 0 and set(scope.rcodes) == {"NXDOMAIN"},
+            )
+        )
+        report(rows, paced, checks, args)
+        return 0 if all(ok for _, ok in checks) else 1
+    finally:
+        run.cleanup()
+
+
+def correctness(
+    run: Bench, names: list[str], fabric_fqdn: dict[str, str], forwarded: dict[str, str]
+) -> list[tuple[str, bool]]:
+    """Sample answers from both servers, and the other network's names from ep0."""
+    client = run.spaces["ep0"]
+    sample = sorted({names[0], names[len(names) // 2], names[-1], *names[:: max(1, len(names) // 8)]})
+    fwd_names = list(forwarded)
+    checks: list[tuple[str, bool]] = []
+    for server, port in (("qnf", 53), ("dnsmasq", DNSMASQ_PORT)):
+        questions = [(fabric_fqdn[n], "A") for n in sample] + [(n, "A") for n in fwd_names]
+        got = ask(client, GATEWAY, port, questions)
+        want = [[run.ips[n]] for n in sample] + [[forwarded[n]] for n in fwd_names]
+        right = sum(1 for g, w in zip(got, want, strict=True) if g is not None and g["answers"] == w)
+        checks.append(
+            (
+                f"{server}: {right}/{len(questions)} sampled fabric and forwarded answers right",
+                right == len(want),
+            )
+        )
+    other_fqdn = f"{OTHER_NAME}.{OTHER}.{DOMAIN}"
+    reverse = ".".join(reversed(run.ips[OTHER_NAME].split("."))) + ".in-addr.arpa"
+    own = ask(run.spaces[OTHER_NAME], OTHER_GATEWAY, 53, [(other_fqdn, "A")])[0]
+    checks.append(
+        (
+            f"{other_fqdn} from its own network: {own and own['answers']}",
+            own is not None and own["answers"] == [run.ips[OTHER_NAME]],
+        )
+    )
+    seen = ask(client, GATEWAY, 53, [(other_fqdn, "A"), (reverse, "PTR")])
+    for question, got in zip((other_fqdn, reverse), seen, strict=True):
+        checks.append(
+            (
+                f"{question} from ep0 ({NETWORK}): {got and got['rcode']}, no records",
+                got is not None and got["rcode"] == "NXDOMAIN" and not got["answers"],
+            )
+        )
+    return checks
+
+
+def _terminate(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--endpoints", type=int, default=50, help="container namespaces (default 50)")
+    parser.add_argument("--seconds", type=int, default=5, help="length of each loaded run (default 5)")
+    parser.add_argument("--forwarded", type=int, default=50, help="forwarded names (default 50)")
+    parser.add_argument("--probe", nargs=2, metavar=("SERVER", "PORT"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.probe:
+        return probe(args.probe[0], int(args.probe[1]))
+    if args.endpoints < 1 or args.seconds < 1 or args.forwarded < 1:
+        parser.error("--endpoints, --seconds and --forwarded must be >= 1")
+    signal.signal(signal.SIGTERM, _terminate)  # so `finally` cleans up on kill too
+    return bench(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
