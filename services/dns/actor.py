@@ -15,7 +15,7 @@ import asyncio
 import logging
 from typing import Any
 
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 
 from libs.common.bus import Endpoint as BusEndpoint
 from libs.common.errors import Conflict, InvalidRequest, NotFound
@@ -86,6 +86,9 @@ class DnsActor:
             "qnf_dns_upstream_failures_total", "Upstream queries that failed", registry=r
         )
         self._forwarded = Counter("qnf_dns_forwarded_total", "Queries forwarded upstream", registry=r)
+        self._hits_before = 0  # answers served from earlier snapshots' wire caches
+        hits = Gauge("qnf_dns_wire_cache_hits", "Fabric answers served from the wire cache", registry=r)
+        hits.set_function(lambda: self._hits_before + self._answerer.hits)
 
     def endpoints(self) -> list[BusEndpoint[Any, Any]]:
         return [
@@ -173,6 +176,7 @@ class DnsActor:
                 await asyncio.sleep(1)
 
     async def _rebuild(self) -> None:
+        self._hits_before += self._answerer.hits
         self._answerer = Answerer(
             build(self.networks.values(), self.known.values(), self._domain, self.services.values())
         )
