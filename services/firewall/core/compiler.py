@@ -181,6 +181,16 @@ def disjoint(boxes: Iterable[Box]) -> list[Box]:
     items = sorted(set(boxes))
     if not items:
         return []
+    if all(a[1] < b[0] for a, b in zip(items, items[1:], strict=False)):
+        # The common case (distinct peers): nothing overlaps; only join touching equal neighbours.
+        out = [items[0]]
+        for box in items[1:]:
+            last = out[-1]
+            if last[1] + 1 == box[0] and last[2:] == box[2:]:
+                out[-1] = (last[0], box[1], last[2], last[3])
+            else:
+                out.append(box)
+        return out
     edges = sorted({b[0] for b in items} | {b[1] + 1 for b in items})
     slices: list[tuple[int, int, list[tuple[int, int]]]] = []
     for lo, nxt in zip(edges, edges[1:], strict=False):

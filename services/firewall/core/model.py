@@ -23,6 +23,7 @@ Pure: no I/O; endpoints, networks and policies come in as values.
 from __future__ import annotations
 
 import fnmatch
+import functools
 import hashlib
 import json
 from collections.abc import Iterable, Sequence
@@ -114,13 +115,16 @@ class Model:
 
 def group_id(endpoint: Endpoint) -> str:
     """Endpoints with the same network, labels and named ports get every policy decision alike."""
-    key = json.dumps(
-        [
-            endpoint.network,
-            sorted(endpoint.labels.items()),
-            sorted((k, v.port, v.protocol) for k, v in endpoint.named_ports.items()),
-        ]
+    return _group_id(
+        endpoint.network,
+        tuple(sorted(endpoint.labels.items())),
+        tuple(sorted((k, v.port, v.protocol) for k, v in endpoint.named_ports.items())),
     )
+
+
+@functools.lru_cache(maxsize=65536)
+def _group_id(network: str, labels: tuple[tuple[str, str], ...], ports: tuple[tuple[str, int, str], ...]) -> str:
+    key = json.dumps([network, labels, ports])
     return "g" + hashlib.sha256(key.encode()).hexdigest()[:10]
 
 
@@ -179,6 +183,11 @@ class _World:
         self.networks = {n.name: n for n in networks}
         self.endpoints = list(endpoints)
         self.net_labels = {n.name: network_labels(n.name, n.labels) for n in networks}
+        # Selectors are judged once per identity group (same network and labels), not once per
+        # endpoint: ten thousand endpoints of fifty label sets cost fifty matches per selector.
+        self.by_group: dict[str, list[Endpoint]] = {}
+        for e in self.endpoints:
+            self.by_group.setdefault(group_id(e), []).append(e)
         # A rule's peers depend on the rule and its home network only, not on the endpoint it is
         # compiled for: resolve each once, or building costs endpoints x peers per rule.
         self._peers: dict[tuple[int, str | None], list[Net]] = {}
@@ -226,7 +235,12 @@ class _World:
         return [_host(a) for e in self.peer_endpoints(peer.endpoint_selector, scope) for a in _addresses(e)]
 
     def peer_endpoints(self, selector: LabelSelector, networks: set[str]) -> list[Endpoint]:
-        return [e for e in self.endpoints if e.network in networks and matches(selector, e.labels)]
+        return [
+            e
+            for members in self.by_group.values()
+            if members[0].network in networks and matches(selector, members[0].labels)
+            for e in members
+        ]
 
     def rule_peers(self, rule: PolicyRule, home: Network | None) -> list[Net]:
         if not rule.peers:
