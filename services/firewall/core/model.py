@@ -123,7 +123,9 @@ def group_id(endpoint: Endpoint) -> str:
 
 
 @functools.lru_cache(maxsize=65536)
-def _group_id(network: str, labels: tuple[tuple[str, str], ...], ports: tuple[tuple[str, int, str], ...]) -> str:
+def _group_id(
+    network: str, labels: tuple[tuple[str, str], ...], ports: tuple[tuple[str, int, str], ...]
+) -> str:
     key = json.dumps([network, labels, ports])
     return "g" + hashlib.sha256(key.encode()).hexdigest()[:10]
 
