@@ -19,6 +19,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import nats.js.errors
 from pydantic import BaseModel, ConfigDict
 
 from libs.common.bus import Bus
@@ -58,7 +59,7 @@ async def main(state_dir: str, uri: str) -> None:
                 kv = await bus.nc.jetstream().key_value(item["kv_keys"])
                 try:
                     keys = await kv.keys()
-                except Exception:  # nats raises NoKeysError for an empty bucket
+                except nats.js.errors.NoKeysError:
                     keys = []
                 out: dict[str, Any] = {"keys": sorted(keys)}
             elif "batch" in item:
