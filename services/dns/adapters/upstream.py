@@ -41,14 +41,15 @@ class Forwarder:
     def __init__(self, upstreams: list[tuple[str, int]], *, timeout: float = 1.0) -> None:
         self.upstreams = upstreams
         self.timeout = timeout
-        self._cache: OrderedDict[tuple[str, int, int], tuple[float, bytes]] = OrderedDict()
+        self._cache: OrderedDict[tuple[str, int, int], tuple[float, float, bytes]] = OrderedDict()
         self.failures = 0
 
     async def answer(self, q: Question, packet: bytes) -> bytes:
         key = (q.name, q.qtype, q.qclass)
         hit = self._cache.get(key)
-        if hit is not None and hit[0] > time.monotonic():
-            return _patch(hit[1], q)
+        now = time.monotonic()
+        if hit is not None and hit[0] > now:
+            return _patch(_aged(hit[2], int(now - hit[1])), q)
         for host, port in self.upstreams:
             try:
                 data = await self._ask_udp(host, port, packet)
@@ -98,10 +99,25 @@ class Forwarder:
             ttl = min(soa[0].ttl, soa[0].rdata.times[4]) if soa else 0
         if ttl <= 0:
             return
-        self._cache[key] = (time.monotonic() + min(ttl, MAX_TTL), data)
+        now = time.monotonic()
+        self._cache[key] = (now + min(ttl, MAX_TTL), now, data)
         self._cache.move_to_end(key)
         while len(self._cache) > MAX_ENTRIES:
             self._cache.popitem(last=False)
+
+
+def _aged(data: bytes, seconds: int) -> bytes:
+    """The cached answer with every TTL lowered by the time it has spent in the cache."""
+    if seconds <= 0:
+        return data
+    try:
+        record = DNSRecord.parse(data)
+        for rr in (*record.rr, *record.auth, *record.ar):
+            if rr.rtype != QTYPE.OPT:
+                rr.ttl = max(0, rr.ttl - seconds)
+        return bytes(record.pack())
+    except Exception:  # an answer we cannot rewrite is served as it came
+        return data
 
 
 def _patch(data: bytes, q: Question) -> bytes:
