@@ -48,6 +48,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import re
 import shutil
 import signal
@@ -64,6 +65,7 @@ from typing import TYPE_CHECKING, Any
 
 from dnslib import RCODE, DNSRecord
 
+from libs.common.ids import SERVICES
 from services.dns.adapters.server import BURST_PER_CLIENT, RATE_PER_CLIENT
 
 if TYPE_CHECKING:
@@ -88,6 +90,7 @@ SATURATION = ["-c", "4", "-T", "2", "-q", "100", "-t", "1"]
 TARGET_QPS_RATIO = 0.9
 TARGET_P50_US = 30.0
 DNSPERF_SLACK_S = 60.0
+METRICS_URL = f"http://127.0.0.1:{9460 + SERVICES.index('dns')}/metrics"  # in the node namespace
 
 UPSTREAM = f"""
 import re, socket
@@ -133,6 +136,8 @@ class Perf:
     rcodes: dict[str, int]
     latencies: list[float] = field(default_factory=list)  # seconds, from -v
     intervals: list[float] = field(default_factory=list)  # qps per -S interval
+    cpu_s: float = float("nan")  # CPU time (user + system) of the answering process during the run
+    served: tuple[float, float] | None = None  # qnf: (seconds, count) added to qnf_dns_query_seconds
 
     @property
     def lost_pct(self) -> float:
@@ -181,6 +186,36 @@ def dnsperf(space: str, server: str, port: int, data: Path, args: list[str], sec
     if proc.returncode != 0:
         raise RuntimeError(f"dnsperf exited {proc.returncode}: {proc.stderr.strip()} {proc.stdout[-1000:]}")
     return parse_dnsperf(proc.stdout)
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU time of `pids` (all their threads), from /proc/PID/stat."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for pid in pids:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15)
+    return total / tick
+
+
+_SAMPLE = re.compile(r"^(qnf_dns_query_seconds_(?:sum|count))\s+(\S+)$", re.M)
+
+
+def served(node: str) -> tuple[float, float]:
+    """(sum, count) of the resolver's own qnf_dns_query_seconds: receive to reply sent, per query."""
+    code = f"import urllib.request;print(urllib.request.urlopen({METRICS_URL!r}, timeout=10).read().decode())"
+    proc = subprocess.run(
+        ["nsenter", f"--net=/run/netns/{node}", sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    if proc.returncode != 0:
+        raise RuntimeError(f"could not fetch {METRICS_URL} in {node}: {proc.stderr.strip()}")
+    found = dict(_SAMPLE.findall(proc.stdout))
+    return float(found.get("qnf_dns_query_seconds_sum", 0)), float(
+        found.get("qnf_dns_query_seconds_count", 0)
+    )
 
 
 # ---------------------------------------------------------------------- probe (inside a namespace)
@@ -455,6 +490,40 @@ def report(
         )
 
     print()
+    print(
+        "where the time goes: CPU (user+system, all threads, /proc/PID/stat) of the answering process per "
+        "query sent,"
+    )
+    print(
+        "and qnf's own receive-to-reply-sent time per answered fabric query (qnf_dns_query_seconds; "
+        "forwarded answers are not observed)"
+    )
+    print(
+        f"  {'server':10} {'run':28} {'queries':>8} {'qps':>8} {'CPU us/q':>9} {'in-server us/q':>15}"
+        f" {'1-core ceiling':>15}"
+    )
+    runs: list[tuple[str, str, Perf]] = []
+    for r in rows:
+        runs.append((r.server, f"{r.qset}, unloaded", r.idle))
+    for server, p in paced.items():
+        runs.append((server, f"fabric names, paced {PACED_QPS}", p))
+    for r in rows:
+        runs.append((r.server, f"{r.qset}, saturation", r.sat))
+    for server, label, p in runs:
+        cpu_us = p.cpu_s / p.sent * 1e6 if p.sent else float("nan")
+        inside = "-"
+        if p.served is not None and p.served[1] > 0:
+            inside = f"{p.served[0] / p.served[1] * 1e6:.1f}"
+        print(
+            f"  {server:10} {label:28} {p.sent:>8,} {p.qps:>8,.0f} {cpu_us:9.1f} {inside:>15}"
+            f" {1e6 / cpu_us:>11,.0f} qps"
+        )
+    print(
+        "  (CPU us/q counts every query received, dropped ones too; 1e6 / CPU us/q is a one-core ceiling, "
+        "with /proc's 10 ms tick)"
+    )
+
+    print()
     ceiling = RATE_PER_CLIENT + BURST_PER_CLIENT / args.seconds
     print(
         f"per-client rate limit (services/dns/adapters/server.py): {RATE_PER_CLIENT:,.0f} qps, burst "
@@ -490,7 +559,12 @@ def report(
             f"(is {qps_ratio:.3f}x)",
             qps_ratio >= TARGET_QPS_RATIO,
         ),
-        (f"fabric names: qnf unloaded p50 {p50:.0f} us <= {TARGET_P50_US:.0f} us", p50 <= TARGET_P50_US),
+        (
+            f"fabric names: qnf unloaded p50 {p50:.0f} us <= {TARGET_P50_US:.0f} us (dnsmasq: "
+            f"{_pct_us(ref.idle.latencies, 0.5):.0f} us on the same path, "
+            f"{_pct_us(by[(LOOPBACK, 'fabric names')].idle.latencies, 0.5):.0f} us on loopback)",
+            p50 <= TARGET_P50_US,
+        ),
         ("every answer respects the asker's scope (correctness above)", all(ok for _, ok in checks)),
     ):
         print(f"  {'PASS' if ok else 'FAIL'}  {text}")
@@ -575,6 +649,26 @@ def bench(args: argparse.Namespace) -> int:
         other_file = run.tmp / "other.txt"
         other_file.write_text(f"{other_fqdn} A\n")
         refill = BURST_PER_CLIENT / RATE_PER_CLIENT + 0.5  # a full bucket before each qnf run
+        assert run.fabric is not None
+        pids = {
+            "qnf": run.fabric.service_pids("dns"),
+            "dnsmasq": [run.procs["dnsmasq"].pid],  # nsenter execs dnsmasq: the same PID
+            LOOPBACK: [run.procs["dnsmasq-lo"].pid],
+        }
+        if not pids["qnf"]:
+            raise RuntimeError("no dns service process in the node namespace")
+
+        def measured(server: str, data: Path, flags: list[str], seconds: float) -> Perf:
+            """One dnsperf run, with the answering process's CPU time and qnf's own time per query."""
+            host, port = servers[server]
+            before = served(run.node) if server == "qnf" else None
+            cpu = cpu_seconds(pids[server])
+            perf = dnsperf(client, host, port, data, flags, seconds)
+            perf.cpu_s = cpu_seconds(pids[server]) - cpu
+            if before is not None:
+                after = served(run.node)
+                perf.served = (after[0] - before[0], after[1] - before[1])
+            return perf
 
         def step(label: str) -> None:
             print(f"  {label}", file=sys.stderr, flush=True)
@@ -582,32 +676,22 @@ def bench(args: argparse.Namespace) -> int:
         idle: dict[tuple[str, str], Perf] = {}
         for qset, data in files.items():
             runs = math.ceil(UNLOADED_QUERIES / len(data.read_text().splitlines()))
-            for server, (host, port) in servers.items():
+            for server in servers:
                 step(f"unloaded {server} {qset}")
-                idle[(server, qset)] = dnsperf(
-                    client, host, port, data, ["-q", "1", "-Q", str(UNLOADED_QPS), "-n", str(runs), "-v"], 30
-                )
+                flags = ["-q", "1", "-Q", str(UNLOADED_QPS), "-n", str(runs), "-v"]
+                idle[(server, qset)] = measured(server, data, flags, 30)
                 time.sleep(refill)
         paced: dict[str, Perf] = {}
         for server in ("qnf", "dnsmasq"):
-            host, port = servers[server]
             step(f"paced {server}")
-            paced[server] = dnsperf(
-                client,
-                host,
-                port,
-                files["fabric names"],
-                ["-q", "10", "-Q", str(PACED_QPS), "-l", str(args.seconds), "-v", "-t", "1"],
-                args.seconds,
-            )
+            flags = ["-q", "10", "-Q", str(PACED_QPS), "-l", str(args.seconds), "-v", "-t", "1"]
+            paced[server] = measured(server, files["fabric names"], flags, args.seconds)
             time.sleep(refill)
         rows: list[Row] = []
         for qset, data in files.items():
-            for server, (host, port) in servers.items():
+            for server in servers:
                 step(f"saturation {server} {qset}")
-                sat = dnsperf(
-                    client, host, port, data, [*SATURATION, "-l", str(args.seconds), "-S", "1"], args.seconds
-                )
+                sat = measured(server, data, [*SATURATION, "-l", str(args.seconds), "-S", "1"], args.seconds)
                 rows.append(Row(server, qset, sat, idle[(server, qset)]))
                 time.sleep(refill)
 

@@ -41,6 +41,7 @@ from libs.common.config import Settings
 from libs.common.envelope import Rejected, Signer, TrustAnchors, Verifier
 from libs.common.errors import QnfError, Unavailable, from_code
 from libs.common.ids import SpiffeId, event_subject, inbox_prefix
+from libs.common.kv import TypedKV
 from libs.common.messages import ErrorReply, SecurityEvent
 from libs.common.metrics import BusMetrics
 from libs.common.pki import PkiDirectory
@@ -49,6 +50,7 @@ log = logging.getLogger("qnf.bus")
 
 Req = TypeVar("Req", bound=BaseModel)
 Rep = TypeVar("Rep", bound=BaseModel)
+M = TypeVar("M", bound=BaseModel)
 
 # The verified sender of the request being handled, for handlers that authorize per caller.
 current_sender: contextvars.ContextVar[SpiffeId] = contextvars.ContextVar("current_sender")
@@ -245,6 +247,11 @@ class Bus:
             request_timeout=settings.request_timeout_s,
             reconnect=reconnect,
         )
+
+    async def kv(self, bucket: str, model: type[M]) -> TypedKV[M]:
+        """A typed, signed view of one of the fabric's KV buckets."""
+        js = self.nc.jetstream(timeout=self.request_timeout)
+        return TypedKV(await js.key_value(bucket), bucket, model, signer=self.signer, verifier=self.verifier)
 
     async def close(self) -> None:
         """Publish queued events, drain (deliver what is in flight) when connected; else just close."""

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import sys
 
-from libs.common.kv import TypedKV
 from libs.common.messages import Endpoint, Network, Policy
 from libs.common.service import Context
 from libs.common.service import main as run_main
@@ -13,18 +12,11 @@ from services.firewall.adapters.nft import LibNftables
 
 
 async def build(ctx: Context) -> FirewallActor:
-    js = ctx.bus.nc.jetstream(timeout=ctx.bus.request_timeout)
-
-    async def kv(bucket: str, model: type) -> TypedKV:  # type: ignore[type-arg]
-        return TypedKV(
-            await js.key_value(bucket), bucket, model, signer=ctx.bus.signer, verifier=ctx.bus.verifier
-        )
-
     return FirewallActor(
         ctx,
-        policies=await kv("qnf-policies", Policy),
-        networks=await kv("qnf-networks", Network),
-        endpoints=await kv("qnf-endpoints", Endpoint),
+        policies=await ctx.bus.kv("qnf-policies", Policy),
+        networks=await ctx.bus.kv("qnf-networks", Network),
+        endpoints=await ctx.bus.kv("qnf-endpoints", Endpoint),
         nft=LibNftables(),
     )
 

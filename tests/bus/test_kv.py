@@ -40,8 +40,7 @@ async def admin_nc(fabric_pki: FabricPki, nats_server: NatsServer):  # type: ign
 
 
 async def _typed(bus: Bus, bucket: str) -> TypedKV[Item]:
-    kv = await bus.nc.jetstream().key_value(bucket)
-    return TypedKV(kv, bucket, Item, signer=bus.signer, verifier=bus.verifier)
+    return await bus.kv(bucket, Item)
 
 
 async def test_create_update_are_compare_and_set(admin_nc, connect_bus, fabric_pki: FabricPki) -> None:  # type: ignore[no-untyped-def]
