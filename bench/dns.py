@@ -5,12 +5,17 @@ the fabric's own records) and forwarded names (`fwd<i>.example.test A`, answered
 upstream once and then from the fabric's forwarding cache) — against dnsmasq serving the very
 same names and addresses from its own records (no upstream at all):
 
-  1. saturation: dnsperf with several sockets and up to 100 queries outstanding for `--seconds`,
-     queries per second completed, lost queries and mean latency;
-  2. unloaded latency: dnsperf with one query outstanding at 1000 queries/s (2000 queries),
-     per-query round trip from `-v`, p50/p99 — the same method for both servers;
+  1. saturation: dnsperf with 4 sockets, 2 threads and up to 100 queries outstanding for
+     `--seconds`: queries per second completed, lost queries, mean latency;
+  2. unloaded latency: dnsperf paced at 1000 queries/s (>= 2000 queries; a query takes well
+     under 1 ms, so there is one in flight at a time), each query's round trip from `-v`,
+     p50/p99 — the same method for every server. (`-q 1` would say "one outstanding" outright,
+     but dnsperf 2.10 then stalls between queries, down to ~20 queries/s here: `-q 10` it is);
   3. paced: 1900 queries/s of fabric names, just under the resolver's per-client limit, so the
      two servers can be compared under load where the limit does not decide the outcome;
+  4. where the time goes: the CPU time (user + system, /proc/PID/stat) the answering process
+     spent per query in each run above, and for qnf its own receive-to-reply-sent time per fabric
+     answer from its `qnf_dns_query_seconds` histogram (scraped from the dns service's metrics);
 
 printed side by side with the ratio qnf/dnsmasq, and informational PASS/FAIL against the targets
 (>= 0.9x dnsmasq's qps for fabric names, p50 <= 30 us unloaded).
@@ -19,26 +24,30 @@ How: one throwaway node namespace runs the whole fabric (`qnf up`, as in `bench.
 QNF_DNS_UPSTREAMS pointing at a tiny dnslib resolver on the node's loopback (like
 `tests/netns/test_dns.py`). Two networks are created through the signed bus as the gateway
 identity: `bench` (10.160.0.0/24, `--endpoints` container namespaces named ep0..) and `other`
-(10.161.0.0/24, one endpoint `x0`). dnsmasq runs in the node namespace too, bound to the bench
-network's gateway address on port 5300, so that both servers are reached by the same packets on
-the same path (container veth, bridge, the fabric's nftables) and differ only in the process
-that answers. dnsperf runs inside ep0's namespace: queries come from the bench network's subnet,
-so the resolver's scope check applies to every one of them.
+(10.161.0.0/24, one endpoint `x0`). dnsperf runs inside ep0's namespace: queries come from the
+bench network's subnet, so the resolver's scope check applies to every one of them. The reference
+dnsmasq runs in the node namespace, bound to the bench gateway's address on port 5300, so both
+servers get the same packets on the same path (container veth, bridge, br_netfilter and the
+fabric's nftables with conntrack) and differ only in the process that answers; the ratios are
+against it. A second dnsmasq on ep0's own loopback shows what that path costs (and is where
+figures such as "144k qps, p50 19 us" come from); it is for reference only.
 
 Why the qnf saturation number is what it is: the resolver limits each client address to
 RATE_PER_CLIENT queries/s with a burst of BURST_PER_CLIENT (services/dns/adapters/server.py) and
-silently drops the excess. dnsperf sends from one address, so the as-is saturation figure is the
-limiter's, not the resolver's: the report shows the limiter's ceiling, the lost queries and
-dnsperf's per-second rates beside it. The service is measured unmodified.
+drops the excess without an answer. dnsperf sends from one address, so the as-is saturation
+figure is the limiter's, not the resolver's: the report prints the limiter's ceiling, the lost
+queries and dnsperf's per-second rates beside it, and the CPU time per query, from which the
+resolver's own one-core ceiling can be read. The service is measured unmodified.
 
 Correctness is checked in the same run: a sample of fabric and forwarded names answers with the
-right address from both servers; a name and a reverse name of the `other` network get NXDOMAIN
-from ep0 (while x0 itself resolves its own name); every dnsperf response for fabric names is
-NOERROR and every one for the other network's name is NXDOMAIN. The exit status is 1 when a
-check fails; the targets are informational.
+right address from every server; a name and a reverse name of the `other` network get NXDOMAIN
+with no records from ep0 (while x0 resolves its own name); every qnf answer in every dnsperf run
+is NOERROR, and 2 s of dnsperf queries for the other network's name from ep0 are all NXDOMAIN.
+The exit status is 1 when a check fails; the targets are informational.
 
-Everything — dnsmasq, the upstream, the fabric, the container and node namespaces, the temporary
-directory — is removed at the end, also on failure, Ctrl-C or SIGTERM.
+Everything — both dnsmasqs, the upstream, the fabric, the container and node namespaces, the
+temporary directory — is removed at the end, also on failure, Ctrl-C or SIGTERM; processes are
+stopped by their PID.
 
     python -m bench.dns [--endpoints 50] [--seconds 5] [--forwarded 50]
 """
@@ -303,6 +312,7 @@ class Bench:
     fabric: FabricNode | None = None
     gw: NodeClient | None = None
     node_created: bool = False
+    owner: int = field(default_factory=os.getpid)  # only this process may clean up
 
     def spawn(
         self, label: str, argv: list[str], ready: str | None = None, space: str | None = None
@@ -327,8 +337,8 @@ class Bench:
 
         assert self.gw is not None
         space = f"qnfdc-{uuid.uuid4().hex[:8]}"
+        self.spaces[name] = space  # first: an interrupt right after create still removes it
         netns.create(space)
-        self.spaces[name] = space
         ep = self.gw.call(
             "qnf.v1.node.n1.vnet.endpoint.add",
             {
@@ -344,6 +354,8 @@ class Bench:
         self.ips[name] = ep["addresses"][0].split("/")[0]
 
     def cleanup(self) -> None:
+        if os.getpid() != self.owner:
+            return  # a forked helper unwinding: the run is not its to tear down
         from pyroute2 import netns
 
         from libs.common.testing import pids_in_netns, stop_fabric
@@ -457,7 +469,7 @@ def report(
         "nftables (for reference only)"
     )
     print(
-        f"saturation: dnsperf {' '.join(SATURATION)} -l {args.seconds}; unloaded: -q 1 -Q {UNLOADED_QPS}, "
+        f"saturation: dnsperf {' '.join(SATURATION)} -l {args.seconds}; unloaded: -q 10 -Q {UNLOADED_QPS}, "
         f">= {UNLOADED_QUERIES} queries, each one's latency from -v (1 us resolution)"
     )
     head = (
@@ -594,8 +606,8 @@ def bench(args: argparse.Namespace) -> int:
 
     run = Bench(tmp=Path(tempfile.mkdtemp(prefix="qnf-dnsbench-")), node=f"qnfdn-{uuid.uuid4().hex[:6]}")
     try:
+        run.node_created = True  # first: an interrupt right after create still removes it
         netns.create(run.node)
-        run.node_created = True
         with NetNS(run.node) as nsh:
             nsh.link("set", index=nsh.link_lookup(ifname="lo")[0], state="up")
         run.spawn("upstream", [sys.executable, "-c", UPSTREAM], ready="ready")
@@ -678,7 +690,7 @@ def bench(args: argparse.Namespace) -> int:
             runs = math.ceil(UNLOADED_QUERIES / len(data.read_text().splitlines()))
             for server in servers:
                 step(f"unloaded {server} {qset}")
-                flags = ["-q", "1", "-Q", str(UNLOADED_QPS), "-n", str(runs), "-v"]
+                flags = ["-q", "10", "-Q", str(UNLOADED_QPS), "-n", str(runs), "-v"]
                 idle[(server, qset)] = measured(server, data, flags, 30)
                 time.sleep(refill)
         paced: dict[str, Perf] = {}
@@ -762,7 +774,19 @@ def correctness(
     return checks
 
 
+_OWNER = os.getpid()
+
+
 def _terminate(signum: int, frame: FrameType | None) -> None:
+    """SIGTERM/SIGINT: unwind through `finally` — in this process only.
+
+    pyroute2 forks a helper for every namespace operation (netns.create/remove, NetNS) and stops
+    it with SIGTERM; a forked helper (and Ctrl-C reaches the whole process group) inherits this
+    handler and a copy of our stack. Raising there would run `Bench.cleanup` in the helper and
+    tear the run down under the real process, so a helper just exits.
+    """
+    if os.getpid() != _OWNER:
+        os._exit(128 + signum)
     raise KeyboardInterrupt(f"signal {signum}")
 
 
@@ -779,7 +803,11 @@ def main() -> int:
         return probe(args.probe[0], int(args.probe[1]))
     if args.endpoints < 1 or args.seconds < 1 or args.forwarded < 1:
         parser.error("--endpoints, --seconds and --forwarded must be >= 1")
+    global _OWNER
+    _OWNER = os.getpid()
     signal.signal(signal.SIGTERM, _terminate)  # so `finally` cleans up on kill too
+    if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
+        signal.signal(signal.SIGINT, _terminate)
     return bench(args)
 
 

@@ -193,7 +193,12 @@ class DnsActor:
                 continue
             try:
                 udp = UdpListener(
-                    address, network, lambda: self._answerer, forward=self._forward_udp, observe=self._observe
+                    address,
+                    network,
+                    lambda: self._answerer,
+                    forward=self._forward_udp,
+                    observe=self._observe,
+                    cached=lambda fwd: self._forwarder.cached(fwd.question),
                 )
                 tcp = TcpListener(address, network, lambda: self._answerer, forward=self._forward_tcp)
                 await tcp.start()

@@ -44,12 +44,19 @@ class Forwarder:
         self._cache: OrderedDict[tuple[str, int, int], tuple[float, float, bytes]] = OrderedDict()
         self.failures = 0
 
-    async def answer(self, q: Question, packet: bytes) -> bytes:
-        key = (q.name, q.qtype, q.qclass)
-        hit = self._cache.get(key)
+    def cached(self, q: Question) -> bytes | None:
+        """The cached answer, if fresh (safe from the listener threads: one dict read)."""
+        hit = self._cache.get((q.name, q.qtype, q.qclass))
         now = time.monotonic()
         if hit is not None and hit[0] > now:
             return _patch(_aged(hit[2], int(now - hit[1])), q)
+        return None
+
+    async def answer(self, q: Question, packet: bytes) -> bytes:
+        key = (q.name, q.qtype, q.qclass)
+        hit = self.cached(q)
+        if hit is not None:
+            return hit
         for host, port in self.upstreams:
             try:
                 data = await self._ask_udp(host, port, packet)
