@@ -160,3 +160,16 @@ def test_services_select_endpoints_and_publish_srv() -> None:
     )
     assert isinstance(out, bytes) and sorted(a.rdata.port for a in DNSRecord.parse(out).rr) == [5432, 5432]
     assert resolve(store, "red", "app.blue.qnf.local", 1).rcode == NXDOMAIN
+
+
+def test_a_flooding_client_does_not_starve_others() -> None:
+    from services.dns.adapters.server import RateLimiter
+
+    limiter = RateLimiter(rate=100, burst=200)
+    flood = [limiter.allow("10.1.0.9", 0.0) for _ in range(1000)]
+    assert flood.count(True) == 200  # the burst, then nothing until tokens come back
+    assert limiter.allow("10.1.0.2", 0.0)  # another client is untouched
+    assert (
+        limiter.allow("10.1.0.9", 0.5)
+        and [limiter.allow("10.1.0.9", 0.5) for _ in range(60)].count(True) == 49
+    )
