@@ -28,11 +28,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import datetime as dt
 import logging
 import math
 import platform
-import re
 import signal
 import ssl
 import subprocess
@@ -52,8 +50,7 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from prometheus_client import CollectorRegistry
 
-from fabric.node import find_nats_server, node_identities
-from libs.common import natsconf
+from fabric.node import find_nats_server
 from libs.common.authz import may_publish
 from libs.common.bus import Bus, serve, tls_context, trust_anchors
 from libs.common.config import Settings
@@ -64,9 +61,8 @@ from libs.common.metrics import BusMetrics
 from libs.common.pki import PkiDirectory
 from libs.common.service import echo_endpoint
 from libs.common.state import ensure_state
+from libs.common.testing import NODE, TRUST_DOMAIN, FabricPki, make_fabric_pki, run_nats_server
 
-TRUST_DOMAIN: Final = "qnf.test"
-NODE: Final = "n1"
 PLAIN_SUBJECT: Final = "qnf.v1.cmd.vnet.bench.plain"
 ECHO_SUBJECT: Final = "qnf.v1.cmd.vnet.diag.echo"
 WARMUP: Final = 200
@@ -85,59 +81,15 @@ Call = Callable[[], Awaitable[Any]]
 
 def make_pki(root: Path) -> tuple[Settings, PkiDirectory]:
     """A fresh CA, the identities of node n1 and the server certificate, valid for one hour."""
-    settings = Settings(state_dir=root / "state", trust_domain=TRUST_DOMAIN, node=NODE, nats_port=0)
-    pki = PkiDirectory(settings.pki_dir)
-    now = dt.datetime.now(dt.UTC)
-    lifetime = dt.timedelta(hours=1)
-    ca = pki.ensure_ca(TRUST_DOMAIN, now=now)
-    for identity in node_identities(settings):
-        pki.ensure_identity(ca, identity, now=now, lifetime=lifetime)
-    pki.ensure_server(ca, ["localhost", "127.0.0.1"], now=now, lifetime=lifetime)
-    return settings, pki
-
-
-_LISTEN = re.compile(r"Listening for client connections on [^\s]+:(\d+)")
+    made = make_fabric_pki(root)
+    return made.settings, made.pki
 
 
 @contextmanager
 def nats_server(root: Path, settings: Settings, pki: PkiDirectory) -> Iterator[str]:
     """Run nats-server with the fabric's config on an ephemeral port; yield its URL; stop it by PID."""
-    config = natsconf.server_config(
-        host="127.0.0.1",
-        port=-1,
-        server_name="qnf-bench",
-        store_dir=root / "js",
-        ca_file=pki.ca_cert_path,
-        cert_file=pki.server_cert_path,
-        key_file=pki.server_key_path,
-        identities=node_identities(settings),
-    )
-    conf = root / "nats.conf"
-    conf.write_text(natsconf.render(config))
-    log = root / "nats.log"
-    proc = subprocess.Popen([str(find_nats_server()), "-c", str(conf), "-l", str(log)])
-    try:
-        yield f"tls://127.0.0.1:{_wait_for_listen(log, proc)}"
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
-def _wait_for_listen(log: Path, proc: subprocess.Popen[bytes], timeout: float = 10.0) -> int:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"nats-server exited: {log.read_text() if log.exists() else ''}")
-        if log.exists():
-            m = _LISTEN.search(log.read_text())
-            if m:
-                return int(m.group(1))
-        time.sleep(0.02)
-    raise RuntimeError("nats-server did not start listening")
+    with run_nats_server(FabricPki(root, pki, pki.load_ca(TRUST_DOMAIN), settings)) as server:
+        yield server.url
 
 
 def nats_server_version() -> str:

@@ -108,32 +108,11 @@ async def inner(state: str, n: int) -> None:
 
 
 def outer(n: int) -> int:
-    from libs.common.testing import start_fabric, stop_fabric
+    from libs.common.testing import fabric_on_new_node
 
-    node = f"qnfbench-{uuid.uuid4().hex[:6]}"
-    netns.create(node)
-    try:
-        subprocess.run(["ip", "-n", node, "link", "set", "lo", "up"], check=True)
-        with tempfile.TemporaryDirectory() as tmp:
-            fabric = start_fabric(node, Path(tmp) / "state")
-            try:
-                return subprocess.run(
-                    [
-                        "nsenter",
-                        f"--net=/run/netns/{node}",
-                        sys.executable,
-                        "-m",
-                        "bench.vnet",
-                        "--inner",
-                        str(Path(tmp) / "state"),
-                        "--n",
-                        str(n),
-                    ]
-                ).returncode
-            finally:
-                stop_fabric(fabric)
-    finally:
-        netns.remove(node)
+    with tempfile.TemporaryDirectory() as tmp, fabric_on_new_node(Path(tmp) / "state") as fabric:
+        inner_cmd = [sys.executable, "-m", "bench.vnet", "--inner", str(fabric.state), "--n", str(n)]
+        return subprocess.run(["nsenter", f"--net=/run/netns/{fabric.ns}", *inner_cmd]).returncode
 
 
 def main() -> int:

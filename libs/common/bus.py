@@ -40,7 +40,7 @@ from libs.common.authz import may_publish
 from libs.common.config import Settings
 from libs.common.envelope import Rejected, Signer, TrustAnchors, Verifier
 from libs.common.errors import QnfError, Unavailable, from_code
-from libs.common.ids import SpiffeId, event_subject, inbox_prefix
+from libs.common.ids import SpiffeId, cmd_subject, event_subject, inbox_prefix, node_subject
 from libs.common.kv import TypedKV
 from libs.common.messages import ErrorReply, SecurityEvent
 from libs.common.metrics import BusMetrics
@@ -98,8 +98,8 @@ class Endpoint(Generic[Req, Rep]):
 
     def subject(self, service: str, node: str) -> str:
         if self.scope == "node":
-            return f"qnf.v1.node.{node}.{service}.{self.verb}"
-        return f"qnf.v1.cmd.{service}.{self.verb}"
+            return node_subject(node, service, self.verb)
+        return cmd_subject(service, self.verb)
 
 
 class KeyedLocks:

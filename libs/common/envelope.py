@@ -67,14 +67,13 @@ RejectReason = Literal[
     "forbidden",  # the sender's role may not send on this subject
     "invalid",  # the body fails validation (reported by the service base)
 ]
-REJECT_REASONS: Final[tuple[str, ...]] = RejectReason.__args__  # type: ignore[attr-defined]
 
 _DOMAIN_TAG: Final = b"qnf-envelope-v1"
 NONCE_BYTES: Final = 16
 
 
 class Rejected(Exception):
-    """A message failed verification; `reason` is one of REJECT_REASONS, `detail` stays local."""
+    """A message failed verification; `reason` is a RejectReason, `detail` stays local."""
 
     def __init__(self, reason: RejectReason, detail: str) -> None:
         super().__init__(f"{reason}: {detail}")

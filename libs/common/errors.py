@@ -21,12 +21,11 @@ the caller in `Nats-Service-Error`, and an `ErrorReply` body. Unexpected excepti
 
 from __future__ import annotations
 
-from typing import ClassVar, Final, Literal, get_args
+from typing import ClassVar, Final, Literal
 
 ErrorCode = Literal[
     "invalid", "not_found", "conflict", "exhausted", "unauthorized", "forbidden", "unavailable", "internal"
 ]
-CODES: Final[tuple[str, ...]] = get_args(ErrorCode)
 
 
 class QnfError(Exception):

@@ -361,3 +361,24 @@ def test_agent_unreachable(fabric_node, plugin_dir, gw, container_netns, tmp_pat
     assert list((fabric_node.state / "run" / "cni-pending").glob("*.json")) == []
     with NetNS(f"/run/netns/{fabric_node.ns}") as node:
         assert not node.link_lookup(ifname=result["interfaces"][1]["name"])
+
+
+def test_runtime_config_ips_and_mac(fabric_node, plugin_dir, gw, container_netns) -> None:  # type: ignore[no-untyped-def]
+    ns = container_netns()
+    config = net_config(
+        fabric_node, "blue", runtimeConfig={"ips": ["10.77.0.50/24"], "mac": "02:11:22:33:44:55"}
+    )
+    rc, result = exec_plugin(
+        fabric_node, plugin_dir, "qnf", "ADD", config, container="c-static", netns=f"/run/netns/{ns}"
+    )
+    assert rc == 0 and result is not None, result
+    assert (
+        result["ips"][0]["address"] == "10.77.0.50/24"
+        and result["interfaces"][2]["mac"] == "02:11:22:33:44:55"
+    )
+    with NetNS(f"/run/netns/{ns}") as nsh:
+        link = nsh.get_links(nsh.link_lookup(ifname="eth0")[0])[0]
+        assert link.get("address") == "02:11:22:33:44:55"
+        assert [a.get_attr("IFA_ADDRESS") for a in nsh.get_addr(index=link["index"], family=2)] == [
+            "10.77.0.50"
+        ]

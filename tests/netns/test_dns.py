@@ -12,16 +12,14 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 from dnslib import EDNS0, QTYPE, RCODE, DNSRecord
-from pyroute2 import netns
 
-from libs.common.testing import FabricNode, NodeClient, pids_in_netns, start_fabric, stop_fabric
+from libs.common.testing import Containers, FabricNode, NodeClient, fabric_on_new_node
 
 UPSTREAM_PORT = 5353
 UPSTREAM = f"""
@@ -97,59 +95,32 @@ NETWORK_OF = {"web": "blue", "db": "blue", "other": "red"}
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
-    """A fabric whose resolver forwards to a test upstream on the node's loopback."""
-    node = f"qnft-{uuid.uuid4().hex[:8]}"
-    netns.create(node)
-    subprocess.run(["ip", "-n", node, "link", "set", "lo", "up"], check=True)
-    upstream = subprocess.Popen(
-        ["nsenter", f"--net=/run/netns/{node}", sys.executable, "-c", UPSTREAM],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    spaces: dict[str, str] = {}
-    fabric = gw = None
-    try:
-        assert upstream.stdout is not None and upstream.stdout.readline().strip() == "ready"
-        fabric = start_fabric(
-            node,
-            Path(tmp_path_factory.mktemp("dns")) / "state",
-            env={"QNF_DNS_UPSTREAMS": f'["127.0.0.1:{UPSTREAM_PORT}"]'},
+    """A fabric (module scope) whose resolver forwards to a test upstream on the node's loopback."""
+    state = Path(tmp_path_factory.mktemp("dns")) / "state"
+    upstreams = {"QNF_DNS_UPSTREAMS": f'["127.0.0.1:{UPSTREAM_PORT}"]'}
+    containers = Containers()
+    with fabric_on_new_node(state, env=upstreams) as fabric:
+        upstream = subprocess.Popen(
+            ["nsenter", f"--net=/run/netns/{fabric.ns}", sys.executable, "-c", UPSTREAM],
+            stdout=subprocess.PIPE,
+            text=True,
         )
         gw = fabric.client()
-        gw.call("qnf.v1.cmd.vnet.network.create", {"name": "blue", "subnet": "10.150.0.0/24"})
-        gw.call("qnf.v1.cmd.vnet.network.create", {"name": "red", "subnet": "10.151.0.0/24"})
-        ips = {}
-        for name, network in NETWORK_OF.items():
-            space = f"qnfc-{uuid.uuid4().hex[:8]}"
-            netns.create(space)
-            spaces[name] = space
-            ep = gw.call(
-                "qnf.v1.node.n1.vnet.endpoint.add",
-                {
-                    "request_id": space,
-                    "container_id": space,
-                    "ifname": "eth0",
-                    "netns": f"/run/netns/{space}",
-                    "network": network,
-                    "name": name,
-                },
-            )
-            ips[name] = ep["addresses"][0].split("/")[0]
-        yield Env(fabric, gw, spaces, ips, upstream)
-    finally:
-        upstream.kill()
-        upstream.wait()
-        assert upstream.stdout is not None
-        upstream.stdout.close()
-        if gw is not None:
+        try:
+            assert upstream.stdout is not None and upstream.stdout.readline().strip() == "ready"
+            gw.call("qnf.v1.cmd.vnet.network.create", {"name": "blue", "subnet": "10.150.0.0/24"})
+            gw.call("qnf.v1.cmd.vnet.network.create", {"name": "red", "subnet": "10.151.0.0/24"})
+            spaces, ips = {}, {}
+            for name, network in NETWORK_OF.items():
+                spaces[name], ips[name] = containers.attach(gw, network, name)
+            yield Env(fabric, gw, spaces, ips, upstream)
+        finally:
+            upstream.kill()
+            upstream.wait()
+            assert upstream.stdout is not None
+            upstream.stdout.close()
             gw.close()
-        if fabric is not None:
-            stop_fabric(fabric)
-        for space in spaces.values():
-            netns.remove(space)
-        for pid in pids_in_netns(node):
-            subprocess.run(["kill", "-9", str(pid)])
-        netns.remove(node)
+            containers.close()
 
 
 def _wait_answer(env: Env, client: str, name: str, want: list[str], timeout: float = 10) -> DNSRecord:
@@ -235,8 +206,8 @@ def test_malformed_packets(env: Env, packet: bytes) -> None:
 
 
 def test_removed_endpoint_stops_resolving(env: Env) -> None:
-    space = f"qnfc-{uuid.uuid4().hex[:8]}"
-    netns.create(space)
+    containers = Containers()
+    space = containers()
     try:
         ep = env.gw.call(
             "qnf.v1.node.n1.vnet.endpoint.add",
@@ -259,7 +230,7 @@ def test_removed_endpoint_stops_resolving(env: Env) -> None:
             assert time.monotonic() < deadline, r
             time.sleep(0.2)
     finally:
-        netns.remove(space)
+        containers.close()
 
 
 def test_service_names_and_srv(env: Env) -> None:

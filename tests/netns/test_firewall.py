@@ -12,16 +12,14 @@ import json
 import subprocess
 import sys
 import time
-import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from pyroute2 import netns
 
-from libs.common.testing import FabricNode, NodeClient, pids_in_netns, start_fabric, stop_fabric
+from libs.common.testing import Containers, FabricNode, NodeClient, fabric_on_new_node
 
 CMD = "qnf.v1.cmd"
 TCP_PORTS = (80, 443, 5432, 8080)
@@ -122,67 +120,42 @@ ENDPOINTS = {
 @pytest.fixture(scope="module")
 def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
     """One fabric (module scope) with three networks, seven endpoints and their servers."""
-    node = f"qnft-{uuid.uuid4().hex[:8]}"
-    netns.create(node)
-    subprocess.run(["ip", "-n", node, "link", "set", "lo", "up"], check=True)
-    spaces: dict[str, str] = {}
+    containers = Containers()
     servers: list[subprocess.Popen[str]] = []
-    fabric = None
-    gw = None
-    try:
-        fabric = start_fabric(node, Path(tmp_path_factory.mktemp("fw")) / "state")
+    with fabric_on_new_node(Path(tmp_path_factory.mktemp("fw")) / "state") as fabric:
         gw = fabric.client()
-        gw.call(f"{CMD}.vnet.network.create", {"name": "zt", "subnet": "10.130.0.0/24"})
-        gw.call(
-            f"{CMD}.vnet.network.create",
-            {"name": "da", "subnet": "10.131.0.0/24", "isolation": "default-allow"},
-        )
-        gw.call(
-            f"{CMD}.vnet.network.create",
-            {"name": "other", "subnet": "10.132.0.0/24", "labels": {"team": "x"}},
-        )
-        ips = {}
-        for name, (network, labels) in ENDPOINTS.items():
-            space = f"qnfc-{uuid.uuid4().hex[:8]}"
-            netns.create(space)
-            spaces[name] = space
-            ep = gw.call(
-                "qnf.v1.node.n1.vnet.endpoint.add",
-                {
-                    "request_id": space,
-                    "container_id": space,
-                    "ifname": "eth0",
-                    "netns": f"/run/netns/{space}",
-                    "network": network,
-                    "name": name,
-                    "labels": labels,
-                    "named_ports": {"http": {"port": 8080, "protocol": "TCP"}} if name == "db" else {},
-                },
+        try:
+            gw.call(f"{CMD}.vnet.network.create", {"name": "zt", "subnet": "10.130.0.0/24"})
+            gw.call(
+                f"{CMD}.vnet.network.create",
+                {"name": "da", "subnet": "10.131.0.0/24", "isolation": "default-allow"},
             )
-            ips[name] = ep["addresses"][0].split("/")[0]
-            proc = subprocess.Popen(
-                ["nsenter", f"--net=/run/netns/{space}", sys.executable, "-c", SERVER],
-                stdout=subprocess.PIPE,
-                text=True,
+            gw.call(
+                f"{CMD}.vnet.network.create",
+                {"name": "other", "subnet": "10.132.0.0/24", "labels": {"team": "x"}},
             )
-            assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
-            servers.append(proc)
-        yield Env(fabric, gw, ips, spaces)
-    finally:
-        for proc in servers:
-            proc.kill()
-            proc.wait()
-            assert proc.stdout is not None
-            proc.stdout.close()
-        if gw is not None:
+            spaces, ips = {}, {}
+            for name, (network, labels) in ENDPOINTS.items():
+                named = {"http": {"port": 8080, "protocol": "TCP"}} if name == "db" else {}
+                spaces[name], ips[name] = containers.attach(
+                    gw, network, name, labels=labels, named_ports=named
+                )
+                proc = subprocess.Popen(
+                    ["nsenter", f"--net=/run/netns/{spaces[name]}", sys.executable, "-c", SERVER],
+                    stdout=subprocess.PIPE,
+                    text=True,
+                )
+                servers.append(proc)
+                assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+            yield Env(fabric, gw, ips, spaces)
+        finally:
+            for proc in servers:
+                proc.kill()
+                proc.wait()
+                assert proc.stdout is not None
+                proc.stdout.close()
             gw.close()
-        if fabric is not None:
-            stop_fabric(fabric)
-        for space in spaces.values():
-            netns.remove(space)
-        for pid in pids_in_netns(node):
-            subprocess.run(["kill", "-9", str(pid)])
-        netns.remove(node)
+            containers.close()
 
 
 def sel(**labels: str) -> dict:

@@ -12,13 +12,17 @@ Fixtures:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
+import os
 import re
 import subprocess
 import time
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 import pytest_asyncio
@@ -69,6 +73,11 @@ class FabricPki:
 @pytest.fixture
 def fabric_pki(tmp_path: Path) -> FabricPki:
     """A new CA and all identities of node n1, issued for one hour (function scope, no I/O but files)."""
+    return make_fabric_pki(tmp_path)
+
+
+def make_fabric_pki(tmp_path: Path) -> FabricPki:
+    """A new CA, node n1's identities and the server certificate under `tmp_path`, valid one hour."""
     settings = Settings(state_dir=tmp_path / "state", trust_domain=TRUST_DOMAIN, node=NODE, nats_port=0)
     pki = PkiDirectory(settings.pki_dir)
     now = dt.datetime.now(dt.UTC)
@@ -99,6 +108,13 @@ def nats_server(fabric_pki: FabricPki) -> Iterator[NatsServer]:
     Depends on fabric_pki. Listens on 127.0.0.1 with an ephemeral port read from its log; killed by
     PID in teardown.
     """
+    with run_nats_server(fabric_pki) as server:
+        yield server
+
+
+@contextlib.contextmanager
+def run_nats_server(fabric_pki: FabricPki) -> Iterator[NatsServer]:
+    """nats-server with the fabric's generated config on an ephemeral port; stopped by PID on exit."""
     store = fabric_pki.root / "js"
     config = natsconf.server_config(
         host="127.0.0.1",
@@ -213,16 +229,14 @@ def pids_in_netns(name: str) -> list[int]:
     return out
 
 
-@pytest.fixture
-def node_netns() -> Iterator[str]:
-    """A fresh network namespace playing one node, loopback up; deleted in teardown.
+@contextlib.contextmanager
+def new_node(*, strict: bool = False) -> Iterator[str]:
+    """A fresh network namespace playing one node, loopback up; deleted on exit.
 
-    Function scope. Needs root. Nothing is created in the root namespace. Teardown fails the test
-    if a process is still inside (the code under test must stop everything it started).
+    Needs root; nothing is created in the root namespace. With `strict`, exiting normally fails
+    if a process is still inside (the code under test must stop everything it started); on any
+    exit the processes left inside are killed before the namespace goes.
     """
-    import os
-    import uuid
-
     from pyroute2 import NetNS, netns
 
     name = f"qnft-{uuid.uuid4().hex[:8]}"
@@ -231,8 +245,9 @@ def node_netns() -> Iterator[str]:
         with NetNS(name) as ns:
             ns.link("set", index=ns.link_lookup(ifname="lo")[0], state="up")
         yield name
-        leftovers = pids_in_netns(name)
-        assert not leftovers, f"processes left in {name}: {leftovers}"
+        if strict:
+            leftovers = pids_in_netns(name)
+            assert not leftovers, f"processes left in {name}: {leftovers}"
     finally:
         for pid in pids_in_netns(name):
             try:
@@ -240,6 +255,13 @@ def node_netns() -> Iterator[str]:
             except ProcessLookupError:
                 pass
         netns.remove(name)
+
+
+@pytest.fixture
+def node_netns() -> Iterator[str]:
+    """A node namespace (see `new_node`), function scope; teardown fails on leftover processes."""
+    with new_node(strict=True) as name:
+        yield name
 
 
 class NodeClient:
@@ -407,27 +429,64 @@ def fabric_node(node_netns: str, tmp_path: Path) -> Iterator[FabricNode]:
         stop_fabric(fabric)
 
 
-@pytest.fixture
-def container_netns() -> Iterator[Callable[[], str]]:
-    """Factory of container namespaces (`/run/netns/qnfc-<hex>`); all deleted in teardown."""
-    import uuid
+class Containers:
+    """Container namespaces (`/run/netns/qnfc-<hex>`) made on demand and all removed by `close`."""
 
-    from pyroute2 import netns
+    def __init__(self) -> None:
+        self.made: list[str] = []
 
-    made: list[str] = []
+    def __call__(self) -> str:
+        from pyroute2 import netns
 
-    def make() -> str:
         name = f"qnfc-{uuid.uuid4().hex[:8]}"
         netns.create(name)
-        made.append(name)
+        self.made.append(name)
         return name
 
-    yield make
-    for name in made:
+    def attach(self, client: NodeClient, network: str, name: str, **extra: Any) -> tuple[str, str]:
+        """A new namespace attached to `network` as endpoint `name`; returns (namespace, IPv4)."""
+        space = self()
+        ep = client.call(
+            "qnf.v1.node.n1.vnet.endpoint.add",
+            {
+                "request_id": space,
+                "container_id": space,
+                "ifname": "eth0",
+                "netns": f"/run/netns/{space}",
+                "network": network,
+                "name": name,
+                **extra,
+            },
+        )
+        return space, ep["addresses"][0].split("/")[0]
+
+    def close(self) -> None:
+        from pyroute2 import netns
+
+        for name in self.made:
+            try:
+                netns.remove(name)
+            except OSError:
+                pass
+
+
+@pytest.fixture
+def container_netns() -> Iterator[Containers]:
+    """Factory of container namespaces, function scope; all deleted in teardown."""
+    containers = Containers()
+    yield containers
+    containers.close()
+
+
+@contextlib.contextmanager
+def fabric_on_new_node(state: Path, *, env: dict[str, str] | None = None) -> Iterator[FabricNode]:
+    """The fabric up in a fresh node namespace for a whole module or a benchmark; all torn down."""
+    with new_node() as node:
+        fabric = start_fabric(node, state, env=env)
         try:
-            netns.remove(name)
-        except OSError:
-            pass
+            yield fabric
+        finally:
+            stop_fabric(fabric)
 
 
 def busybox_rootfs_tar(dest: Path) -> Path:

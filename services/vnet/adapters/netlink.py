@@ -22,6 +22,7 @@ import asyncio
 import ctypes
 import errno
 import os
+import re
 import socket
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -224,23 +225,19 @@ class PyrouteDataplane:
 
     def remove_veth(self, host_ifname: str) -> bool:
         """Delete the pair by its host end; False if it was already gone."""
-        if not OWNED_VETH.match(host_ifname):
-            raise AdapterError(f"refusing to delete {host_ifname}: not a fabric veth")
-        with _netlink(f"deleting {host_ifname}"):
-            try:
-                self._ipr.link("del", ifname=host_ifname)
-            except NetlinkError as exc:
-                if exc.code in (errno.ENODEV, errno.ESRCH):
-                    return False
-                raise
-        return True
+        return self._remove_owned(host_ifname, OWNED_VETH, "veth")
 
     def remove_bridge(self, name: str) -> bool:
-        if not OWNED_BRIDGE.match(name):
-            raise AdapterError(f"refusing to delete {name}: not a fabric bridge")
-        with _netlink(f"deleting bridge {name}"):
+        """Delete a network's bridge; False if it was already gone."""
+        return self._remove_owned(name, OWNED_BRIDGE, "bridge")
+
+    def _remove_owned(self, ifname: str, owned: re.Pattern[str], what: str) -> bool:
+        # The name check is the guarantee that the fabric never deletes a link it does not own.
+        if not owned.match(ifname):
+            raise AdapterError(f"refusing to delete {ifname}: not a fabric {what}")
+        with _netlink(f"deleting {what} {ifname}"):
             try:
-                self._ipr.link("del", ifname=name)
+                self._ipr.link("del", ifname=ifname)
             except NetlinkError as exc:
                 if exc.code in (errno.ENODEV, errno.ESRCH):
                     return False
