@@ -33,6 +33,7 @@ BUCKET_OWNERS: Final[dict[str, str]] = {
     "qnf-services": "dns",
     "qnf-nodes": "vnet",
     "qnf-tokens": "gateway",
+    "qnf-ports": "nat",
 }
 
 _TOKEN = re.compile(r"^[a-z0-9]([a-z0-9_-]{0,61}[a-z0-9])?$")

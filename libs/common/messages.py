@@ -389,3 +389,38 @@ class ServiceRef(Message):
 
 class ServiceList(Message):
     services: list[Service]
+
+
+# ---------------------------------------------------------------- nat: published ports
+
+
+class PortPublish(PortMapping):
+    """Publish a port of an endpoint attached on the node that serves the request."""
+
+    container_id: Annotated[str, StringConstraints(pattern=_CONTAINER_ID)]
+    ifname: Annotated[str, StringConstraints(min_length=1, max_length=15, pattern=r"^[^/:\s]+$")] = "eth0"
+
+
+class PublishedPort(PortMapping):
+    """A published port as stored in `qnf-ports`: host port → endpoint port on one node."""
+
+    id: str = Field(description="<node>.<protocol>.<host port>.<host address or 'any'>")
+    node: str
+    endpoint_id: str
+    container_id: str
+    ifname: str
+    network: str
+    source: Literal["api", "cni"]
+    created_ms: int
+
+
+class PublishedPortRef(Message):
+    id: Annotated[str, StringConstraints(min_length=1, max_length=255, pattern=r"^[A-Za-z0-9._-]+$")]
+
+
+class PublishedPortFilter(Message):
+    endpoint_id: str | None = None
+
+
+class PublishedPortList(Message):
+    ports: list[PublishedPort]
