@@ -28,7 +28,8 @@ ROLE_PUBLISH: Final[dict[str, tuple[str, ...]]] = {
         "qnf.v1.node.{node}.dns.>",
         "qnf.v1.node.{node}.nat.>",
     ),
-    "firewall": ("qnf.v1.evt.firewall.>",),
+    # policy.wait asks every node's agent whether it enforces a revision.
+    "firewall": ("qnf.v1.evt.firewall.>", "qnf.v1.node.*.firewall.policy.enforced"),
     "dns": ("qnf.v1.evt.dns.>",),
     "nat": ("qnf.v1.evt.nat.>",),
     "gateway": ("qnf.v1.cmd.>", "qnf.v1.node.*.>", "qnf.v1.evt.gateway.>"),

@@ -108,6 +108,14 @@ class TypedKV(Generic[M]):
                 raise Conflict(f"{self.bucket}/{key} changed since revision {revision}") from exc
             raise
 
+    async def last_revision(self) -> int:
+        """The bucket's latest revision (of any key, deletes included): what a revision can be at most."""
+        try:
+            status = await self._kv.status()
+        except nats.errors.TimeoutError as exc:
+            raise Unavailable(f"reading the status of {self.bucket} timed out") from exc
+        return int(status.stream_info.state.last_seq)
+
     async def keys(self) -> list[str]:
         try:
             return sorted(await self._kv.keys())

@@ -226,6 +226,7 @@ class Removed(Message):
     """Reply of idempotent deletes: whether something was there."""
 
     existed: bool
+    revision: int | None = Field(None, description="the store revision of the delete, where it has one")
 
 
 # ---------------------------------------------------------------- firewall: policies
@@ -424,3 +425,70 @@ class PublishedPortFilter(Message):
 
 class PublishedPortList(Message):
     ports: list[PublishedPort]
+
+
+# ---------------------------------------------------------------- firewall: enforcement and flows
+
+
+class EndpointEnforce(Message):
+    """Node command `firewall.endpoint.enforce` (vnet's start gate): reply once this node's kernel
+    enforces the endpoint's record at `revision` or later; `unavailable` after `timeout_s`."""
+
+    endpoint_id: str = Field(min_length=1, max_length=255)
+    revision: int = Field(ge=1)
+    timeout_s: float = Field(5.0, gt=0, le=60)
+
+
+class PolicyWait(Message):
+    """`qnf.v1.cmd.firewall.policy.wait` (every agent that must enforce it) and the node command
+    `firewall.policy.enforced` (one agent): wait until policy `revision` is in force."""
+
+    revision: int = Field(ge=1, description="a revision returned by policy.create|update|delete|import")
+    timeout_s: float = Field(5.0, gt=0, le=300)
+
+
+class Enforced(Message):
+    """One firewall agent's ack: every policy change up to `policy_revision` is in its kernel."""
+
+    node: str
+    policy_revision: int
+    ts_ms: int
+
+
+class PolicyWaitResult(Message):
+    """Reply of `policy.wait`: complete when every node that must enforce `revision` has acked."""
+
+    revision: int
+    complete: bool
+    acked: list[str]
+    pending: list[str] = Field(description="nodes that did not ack in time (stopped, slow, unreachable)")
+    seconds: float
+
+
+class FlowDenied(Message):
+    """Event `qnf.v1.evt.firewall.flow.denied`: the kernel dropped a flow; `rule` decided it."""
+
+    node: str
+    source: IPv4Address | IPv6Address
+    destination: IPv4Address | IPv6Address
+    source_identity: str | None = None
+    destination_identity: str | None = None
+    network: str | None = None
+    protocol: str
+    port: int | None = None
+    direction: Literal["ingress", "egress"] | None = None
+    policy: str | None = None
+    rule: str = Field(description="the deciding rule: policy/rule, or the default deny that caught it")
+    ts_ms: int
+
+
+class ConnectionsCut(Message):
+    """Event `qnf.v1.evt.firewall.connection.cut`: established flows a policy change now denies."""
+
+    node: str
+    source: IPv4Address | IPv6Address
+    destination: IPv4Address | IPv6Address
+    protocol: str
+    port: int | None = None
+    policy_revision: int
+    ts_ms: int
