@@ -7,7 +7,7 @@ default. Services import the models they speak; none defines its own wire types.
 from __future__ import annotations
 
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network, IPv6Address, IPv6Interface, IPv6Network
-from typing import Annotated, Literal
+from typing import Annotated, Any, Generic, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
@@ -492,3 +492,95 @@ class ConnectionsCut(Message):
     port: int | None = None
     policy_revision: int
     ts_ms: int
+
+
+# ---------------------------------------------------------------- gateway: API tokens, REST shapes
+
+GatewayRole = Literal["viewer", "operator", "admin"]
+
+
+class TokenCreate(Message):
+    """Ask for a new API token (admin only); its secret is shown once, in the reply."""
+
+    name: NetworkName = Field(description="what the token is for, for humans")
+    role: GatewayRole
+    ttl_s: int = Field(30 * 86400, ge=60, le=366 * 86400, description="lifetime in seconds")
+
+
+class TokenInfo(Message):
+    """A token as operators see it: never its secret, nor the secret's hash."""
+
+    id: str
+    name: str
+    role: GatewayRole
+    created_ms: int
+    expires_ms: int
+    created_by: str
+    revoked_ms: int | None = None
+    revision: int = 0
+
+
+class TokenRecord(TokenInfo):
+    """A token as stored in `qnf-tokens` (key: its id): the SHA-256 of the secret, not the secret."""
+
+    secret_sha256: str
+
+
+class TokenIssued(TokenInfo):
+    """Reply of token creation: the only time the full token is ever shown."""
+
+    token: str
+
+
+class TokenRef(Message):
+    id: Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{16}$")]
+
+
+class TokenList(Message):
+    tokens: list[TokenInfo]
+
+
+class NetworkPatch(Message):
+    """REST body of a network update: the name is in the path, the revision in If-Match."""
+
+    mtu: int | None = Field(None, ge=576, le=9000)
+    labels: Labels | None = None
+    nat: bool | None = None
+    isolation: Isolation | None = None
+
+
+class FabricEvent(Message):
+    """One event of `QNF_EVENTS` as the gateway relays it (REST SSE, gRPC WatchEvents)."""
+
+    seq: int = Field(description="stream sequence; resume after it with Last-Event-ID")
+    subject: str
+    sender: str = Field(description="SPIFFE ID of the verified publisher")
+    data: dict[str, Any]
+
+
+class ProblemField(Message):
+    field: str = Field(description="where, e.g. body.subnet or query.limit")
+    message: str
+
+
+class Problem(Message):
+    """An RFC 9457 problem document (application/problem+json)."""
+
+    type: str = "about:blank"
+    title: str
+    status: int
+    detail: str = ""
+    instance: str | None = None
+    code: str = Field(description="the fabric's error code, e.g. not_found, invalid, forbidden")
+    errors: list[ProblemField] = Field(default_factory=list)
+    retry_after: int | None = None
+
+
+PageItem = TypeVar("PageItem")
+
+
+class Page(Message, Generic[PageItem]):
+    """One page of a list: pass `next_cursor` back as `cursor` for the next; None on the last page."""
+
+    items: list[PageItem]
+    next_cursor: str | None = None
