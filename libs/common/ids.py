@@ -12,6 +12,7 @@ This module is pure: parsing and formatting only.
 
 from __future__ import annotations
 
+import hashlib
 import re
 from dataclasses import dataclass
 from typing import Final, Literal
@@ -151,3 +152,8 @@ def subject_matches(pattern: str, subject: str) -> bool:
         if i >= len(s_tokens) or (p != "*" and p != s_tokens[i]):
             return False
     return len(p_tokens) == len(s_tokens)
+
+
+def endpoint_id(container_id: str, ifname: str) -> str:
+    """The id of a container interface: stable across retries, unique per (container, ifname)."""
+    return hashlib.sha256("\x00".join(("endpoint", container_id, ifname)).encode()).hexdigest()[:24]

@@ -10,6 +10,8 @@ import hashlib
 import re
 from typing import Final
 
+from libs.common.ids import endpoint_id as endpoint_id  # shared with nat and the Docker driver
+
 BRIDGE_PREFIX: Final = "qnf-"
 OWNED_BRIDGE: Final = re.compile(r"^qnf-[0-9a-f]{8}$")
 OWNED_VETH: Final = re.compile(r"^q[0-9a-f]{10}$")
@@ -24,9 +26,6 @@ def bridge_name(network: str) -> str:
     return f"{BRIDGE_PREFIX}{_digest('bridge', network)[:8]}"
 
 
-def endpoint_id(container_id: str, ifname: str) -> str:
-    """The id of a container interface: stable across retries, unique per (container, ifname)."""
-    return _digest("endpoint", container_id, ifname)[:24]
 
 
 def host_veth_name(endpoint: str) -> str:
