@@ -75,6 +75,7 @@ def prepare(settings: Settings, *, now: dt.datetime | None = None) -> PreparedNo
     ca = pki.ensure_ca(settings.trust_domain, now=now)
     renewed = renew(settings, ca, now=now)
     renew_server(settings, ca, now=now)
+    renew_gateway_server(settings, ca, now=now)
     config = natsconf.server_config(
         host=settings.nats_host,
         port=settings.nats_port,
@@ -109,6 +110,20 @@ def renew_server(settings: Settings, ca: CertificateAuthority, *, now: dt.dateti
     hosts = sorted({"localhost", "127.0.0.1", "::1", settings.nats_host})
     lifetime = max(dt.timedelta(hours=settings.cert_lifetime_h), SERVER_LIFETIME)
     return PkiDirectory(settings.pki_dir).ensure_server(ca, hosts, now=now, lifetime=lifetime)
+
+
+GATEWAY_SERVER_CERT = "gateway-server"
+
+
+def renew_gateway_server(settings: Settings, ca: CertificateAuthority, *, now: dt.datetime) -> bool:
+    """Issue the gateway's HTTPS certificate (`pki/gateway-server.crt`) for its listen address."""
+    hosts = {"localhost", "127.0.0.1", "::1"}
+    if settings.gateway_host not in ("0.0.0.0", "::", ""):
+        hosts.add(settings.gateway_host)
+    lifetime = max(dt.timedelta(hours=settings.cert_lifetime_h), SERVER_LIFETIME)
+    return PkiDirectory(settings.pki_dir).ensure_server(
+        ca, sorted(hosts), now=now, lifetime=lifetime, name=GATEWAY_SERVER_CERT
+    )
 
 
 def write_nats_contexts(settings: Settings) -> list[Path]:

@@ -26,7 +26,14 @@ import nats
 import nats.errors
 from nats.aio.client import Client
 
-from fabric.node import admin_identity, find_nats_server, prepare, renew, renew_server
+from fabric.node import (
+    admin_identity,
+    find_nats_server,
+    prepare,
+    renew,
+    renew_gateway_server,
+    renew_server,
+)
 from libs.common.bus import tls_context
 from libs.common.config import Settings
 from libs.common.ids import SERVICES, inbox_prefix
@@ -242,6 +249,8 @@ class Supervisor:
             renewed = renew(self.settings, ca, now=now)
             if renewed:
                 log.info("renewed %s", ", ".join(i.uri for i in renewed))
+            if renew_gateway_server(self.settings, ca, now=now):
+                log.info("renewed the gateway's HTTPS certificate")  # the gateway reloads it itself
             if (
                 renew_server(self.settings, ca, now=now)
                 and self.nats is not None
@@ -269,7 +278,8 @@ class Supervisor:
             [
                 f"qnf: fabric up on node {self.settings.node} (trust domain {self.settings.trust_domain})",
                 f"  bus:      {self.settings.url} (mutual TLS 1.3, TLS first, signed messages)",
-                f"  gateway:  http://127.0.0.1:{self.settings.gateway_port} (REST/gRPC: the gateway issue)",
+                f"  gateway:  {self.settings.gateway_url} (REST; CA {pki.ca_cert_path})",
+                f"  token:    {self.settings.gateway_admin_token_path} (admin API token, first start)",
                 f"  admin:    cert {d / 'tls.crt'} key {d / 'tls.key'} ca {pki.ca_cert_path}",
                 f"  nats CLI: cp {ctx} ~/.config/nats/context/ && {sub}",
                 f"  services: {', '.join(SERVICES)} (nats --context qnf-admin micro ls)",

@@ -50,7 +50,12 @@ class Settings(BaseSettings):
     metrics_base_port: int = Field(
         9460, ge=0, le=65535, description="service i listens on base+i; 0: ephemeral"
     )
-    gateway_port: int = Field(8480, ge=0, le=65535)
+    gateway_port: int = Field(8480, ge=0, le=65535, description="REST API port; 0: ephemeral")
+    gateway_host: str = Field("127.0.0.1", description="REST API listen address (in its certificate)")
+    gateway_insecure_http: bool = Field(False, description="plain HTTP, for local development only")
+    gateway_rate_per_s: float = Field(50.0, gt=0, description="requests a second per API identity")
+    gateway_rate_burst: int = Field(100, ge=1)
+    gateway_max_body_bytes: int = Field(2 << 20, ge=1024, description="larger bodies get 413")
     nats_server_bin: Path | None = Field(
         None, description="nats-server to run; default: the venv's, then PATH"
     )
@@ -77,6 +82,17 @@ class Settings(BaseSettings):
     @property
     def url(self) -> str:
         return self.nats_url or f"tls://{self.nats_host}:{self.nats_port}"
+
+    @property
+    def gateway_url(self) -> str:
+        host = f"[{self.gateway_host}]" if ":" in self.gateway_host else self.gateway_host
+        scheme = "http" if self.gateway_insecure_http else "https"
+        return f"{scheme}://{host}:{self.gateway_port}"
+
+    @property
+    def gateway_admin_token_path(self) -> Path:
+        """The bootstrap admin API token, written 0600 by the gateway on first start."""
+        return self.state_dir / "gateway" / "admin.token"
 
     @classmethod
     def settings_customise_sources(

@@ -342,18 +342,41 @@ class PkiDirectory:
         return material, True
 
     def ensure_server(
-        self, ca: CertificateAuthority, hosts: list[str], *, now: dt.datetime, lifetime: dt.timedelta
+        self,
+        ca: CertificateAuthority,
+        hosts: list[str],
+        *,
+        now: dt.datetime,
+        lifetime: dt.timedelta,
+        name: str = "server",
     ) -> bool:
-        """Issue the NATS server certificate when missing or due for renewal; True if (re)issued."""
-        if self.server_cert_path.exists() and self.server_key_path.exists():
-            cert = x509.load_pem_x509_certificate(self.server_cert_path.read_bytes())
+        """Issue a server certificate (`<name>.crt`, `<name>.key`; default the NATS server's) when
+        missing, due for renewal or not naming every host; True if (re)issued."""
+        cert_path, key_path = self.root / f"{name}.crt", self.root / f"{name}.key"
+        if cert_path.exists() and key_path.exists():
+            cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
             start = cert.not_valid_before_utc
-            if now < start + (cert.not_valid_after_utc - start) * RENEW_AT:
+            if now < start + (cert.not_valid_after_utc - start) * RENEW_AT and _names_all(cert, hosts):
                 return False
         key, cert = ca.issue_server(hosts, now=now, lifetime=lifetime)
-        _write_private(self.server_key_path, _key_pem(key))
-        _write_public(self.server_cert_path, _cert_pem(cert))
+        _write_private(key_path, _key_pem(key))
+        _write_public(cert_path, _cert_pem(cert))
         return True
+
+
+def _names_all(cert: x509.Certificate, hosts: list[str]) -> bool:
+    san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    names = {str(ip) for ip in san.get_values_for_type(x509.IPAddress)}
+    names |= set(san.get_values_for_type(x509.DNSName))
+    return all(str(ipaddress.ip_address(h)) in names if _is_ip(h) else h in names for h in hosts)
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
 
 
 def _issued_by(material: IdentityMaterial, ca: CertificateAuthority) -> bool:
