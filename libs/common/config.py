@@ -60,6 +60,13 @@ class Settings(BaseSettings):
         None, description="nats-server to run; default: the venv's, then PATH"
     )
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    docker_plugin: bool = Field(
+        False, description="run the Docker network driver with the node agents (`qnf docker-plugin`)"
+    )
+    docker_plugin_socket: Path = Field(
+        Path("/run/docker/plugins/qnf.sock"),
+        description="where Docker finds the driver; the file name is the driver's name (`-d qnf`)",
+    )
 
     @field_validator("trust_domain")
     @classmethod

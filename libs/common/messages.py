@@ -9,7 +9,7 @@ from __future__ import annotations
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network, IPv6Address, IPv6Interface, IPv6Network
 from typing import Annotated, Any, Generic, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
 from libs.common.errors import ErrorCode
 
@@ -146,7 +146,9 @@ class EndpointAdd(Message):
     request_id: str = Field(min_length=1, max_length=64, description="retries of one request reuse it")
     container_id: Annotated[str, StringConstraints(pattern=_CONTAINER_ID)]
     ifname: Annotated[str, StringConstraints(min_length=1, max_length=15, pattern=r"^[^/:\s]+$")]
-    netns: Annotated[str, StringConstraints(pattern=r"^/", max_length=4096)]
+    netns: Annotated[str, StringConstraints(pattern=r"^(/|$)", max_length=4096)] = Field(
+        description="path of the container's network namespace; empty only with `handoff`"
+    )
     network: NetworkName
     name: NetworkName | None = Field(None, description="DNS name; default: the container id's first 12")
     labels: Labels = Field(default_factory=dict)
@@ -156,6 +158,17 @@ class EndpointAdd(Message):
     named_ports: dict[
         Annotated[str, StringConstraints(pattern=r"^[a-z0-9]([a-z0-9-]{0,13}[a-z0-9])?$")], NamedPort
     ] = Field(default_factory=dict)
+    handoff: bool = Field(
+        False,
+        description="leave the container end in the node's namespace (MAC and MTU set, no address) "
+        "for a runtime that moves and configures it itself: Docker's remote driver protocol",
+    )
+
+    @model_validator(mode="after")
+    def _netns_unless_handoff(self) -> EndpointAdd:
+        if not self.netns and not self.handoff:
+            raise ValueError("netns: required unless handoff is set")
+        return self
 
 
 class EndpointRemove(Message):
@@ -200,6 +213,9 @@ class Endpoint(Message):
     port_mappings: list[PortMapping] = Field(default_factory=list)
     named_ports: dict[str, NamedPort] = Field(default_factory=dict)
     created_ms: int
+    handoff_ifname: str | None = Field(
+        None, description="handed off: the container end's name in the node's namespace until moved"
+    )
 
 
 class EndpointList(Message):
@@ -226,7 +242,6 @@ class Removed(Message):
     """Reply of idempotent deletes: whether something was there."""
 
     existed: bool
-    revision: int | None = Field(None, description="the store revision of the delete, where it has one")
 
 
 # ---------------------------------------------------------------- firewall: policies
@@ -428,6 +443,12 @@ class PublishedPortList(Message):
 
 
 # ---------------------------------------------------------------- firewall: enforcement and flows
+
+
+class PolicyRemoved(Removed):
+    """Reply of `policy.delete`: `revision` is what `policy.wait` takes to know the delete is in force."""
+
+    revision: int | None = None
 
 
 class EndpointEnforce(Message):

@@ -11,6 +11,9 @@ serial per replica, and CAS on KV keeps replicas honest with each other.
 
 ADD is a transaction: every step that changed something pushes its undo before the next step
 runs, and any failure unwinds them in reverse. DEL treats everything already gone as success.
+Its last step is the start gate: the node's firewall agent must confirm that the endpoint's rules
+are in the kernel (`firewall.endpoint.enforce`) before ADD returns, so a workload never runs
+inside a default-allow window; no confirmation in time unwinds the ADD.
 """
 
 from __future__ import annotations
@@ -28,15 +31,18 @@ from pydantic import ValidationError
 from libs.common.bus import Endpoint as BusEndpoint
 from libs.common.bus import KeyedLocks, live_instances, validation_summary
 from libs.common.errors import Conflict, Exhausted, InvalidRequest, NotFound, QnfError, Unavailable
+from libs.common.ids import node_subject
 from libs.common.messages import (
     Empty,
     Endpoint,
     EndpointAdd,
+    EndpointEnforce,
     EndpointFilter,
     EndpointLabels,
     EndpointList,
     EndpointRef,
     EndpointRemove,
+    Enforced,
     Lease,
     Message,
     Network,
@@ -67,6 +73,7 @@ log = logging.getLogger("qnf.vnet")
 
 RECONCILE_INTERVAL_S = 30.0
 LEASE_GRACE_MS = 120_000  # a lease without an endpoint younger than this may be an ADD in flight
+FIREWALL_GATE_S = 5.0  # how long ADD waits for the firewall to enforce a new endpoint
 
 
 class ReconcileFix(Message):
@@ -322,13 +329,36 @@ class VnetActor:
             self._observe_phase("links", phase)
 
             phase = time.perf_counter()
-            await self._stores.endpoints.create(eid, endpoint)
+            revision = await self._stores.endpoints.create(eid, endpoint)
+            undo.push_async_callback(self._stores.endpoints.delete, eid)
             self._observe_phase("record", phase)
+
+            phase = time.perf_counter()
+            await self._firewall_gate(endpoint, revision)
+            self._observe_phase("firewall", phase)
             undo.pop_all()  # committed: nothing to unwind from here on
         self._update_gauges(network)
         self._metrics.add_seconds.observe(time.perf_counter() - started)
         self._bus.emit("endpoint.added", EndpointEvent(endpoint=endpoint))
         return endpoint
+
+    async def _firewall_gate(self, endpoint: Endpoint, revision: int) -> None:
+        """Return once this node's firewall enforces `endpoint`; Unavailable if it does not in time."""
+        try:
+            await self._bus.request(
+                node_subject(self._node, "firewall", "endpoint.enforce"),
+                EndpointEnforce(
+                    endpoint_id=endpoint.endpoint_id, revision=revision, timeout_s=FIREWALL_GATE_S
+                ),
+                Enforced,
+                timeout=FIREWALL_GATE_S + 1.0,
+                expect=lambda who: who.name == "firewall" and who.node == self._node,
+            )
+        except QnfError as exc:
+            raise Unavailable(
+                f"the firewall of node {self._node} did not confirm enforcing endpoint "
+                f"{endpoint.endpoint_id} within {FIREWALL_GATE_S:g} s ({exc}); the add was undone"
+            ) from exc
 
     async def _allocate(
         self,
