@@ -1,28 +1,339 @@
-"""The nat actor: its handler table and lifecycle.
+"""The nat actor: published ports on the bus, and the node's NAT table reconciler.
 
-Only the base endpoints (diag.echo, and the nats micro protocol) are served so far; the
-service's own commands arrive with its issue.
+Handler table (node commands of this node's agent, one mailbox: publishes are checked for
+conflicts one at a time):
+
+    qnf.v1.node.<node>.nat.port.publish     PortPublish       → PublishedPort
+    qnf.v1.node.<node>.nat.port.unpublish   PublishedPortRef  → Removed
+    qnf.v1.node.<node>.nat.port.list        PublishedPortFilter → PublishedPortList
+
+Published ports live in `qnf-ports` (this service owns it; each node's agent writes only its
+node's keys). The vnet agent publishes a container's CNI `portMappings` through the same
+command, so one conflict rule covers both. Networks and endpoints are watched from KV; when an
+endpoint goes away its ports are unpublished. One reconciler compiles networks + ports into
+`inet qnf_nat` and applies element deltas (a full replace on start and on drift); publish and
+unpublish reply once the kernel enforces the change.
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from ipaddress import IPv4Address, IPv6Address
 from typing import Any
 
-from libs.common.bus import Endpoint
+from prometheus_client import Gauge, Histogram
+
+from libs.common.authz import role_of
+from libs.common.bus import Endpoint as BusEndpoint
+from libs.common.bus import current_sender
+from libs.common.errors import Conflict, InvalidRequest, NotFound, QnfError, Unavailable
+from libs.common.ids import endpoint_id
+from libs.common.kv import TypedKV
+from libs.common.messages import (
+    Endpoint,
+    Message,
+    Network,
+    PortMapping,
+    PortPublish,
+    PublishedPort,
+    PublishedPortFilter,
+    PublishedPortList,
+    PublishedPortRef,
+    Removed,
+)
+from libs.common.metrics import LATENCY_BUCKETS
+from libs.common.nftables import LibNftables
 from libs.common.service import Context
+from services.nat.core.compiler import FAMILY, MAPS, SETS, TABLE, Compiled, compile_nat, delta, targets
+from services.nat.core.ports import conflicting, host_address_error, port_id, same_target
+
+log = logging.getLogger("qnf.nat")
+
+DRIFT_CHECK_S = 10.0
+RETRY_MAX_S = 30.0
+ENFORCE_WAIT_S = 10.0
+
+NodeAddresses = Callable[[], Awaitable[set[IPv4Address | IPv6Address]]]
+
+
+class PortEvent(Message):
+    """Events `qnf.v1.evt.nat.port.published|unpublished`."""
+
+    port: PublishedPort
+    reason: str = ""
 
 
 class NatActor:
-    """Owns the nat service's state; handlers run one mailbox key at a time."""
+    """Owns this node's published ports and its NAT table."""
 
-    def __init__(self, ctx: Context) -> None:
-        self._ctx = ctx
+    def __init__(
+        self,
+        ctx: Context,
+        *,
+        ports: TypedKV[PublishedPort],
+        networks: TypedKV[Network],
+        endpoints: TypedKV[Endpoint],
+        nft: LibNftables,
+        node_addresses: NodeAddresses,
+    ) -> None:
+        self._bus = ctx.bus
+        self._node = ctx.settings.node
+        self._ports_kv = ports
+        self._networks_kv = networks
+        self._endpoints_kv = endpoints
+        self._nft = nft
+        self._node_addresses = node_addresses
+        self.networks: dict[str, Network] = {}
+        self.attached: dict[str, Endpoint] = {}  # this node's endpoints
+        self.ports: dict[str, PublishedPort] = {}  # this node's
+        self._revision = 0
+        self._applied_revision = -1
+        self._applied: Compiled | None = None
+        self._changed = asyncio.Event()
+        self._enforced = asyncio.Condition()
+        self._synced = {name: asyncio.Event() for name in ("net", "ep", "port")}
+        self._tasks: list[asyncio.Task[None]] = []
+        r = ctx.registry
+        self._apply_seconds = Histogram(
+            "qnf_nat_apply_seconds",
+            "Time to apply a NAT change",
+            ["kind"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self._mappings = Gauge("qnf_nat_port_mappings", "Published port mappings in force", registry=r)
+        self._masqueraded = Gauge("qnf_nat_masqueraded_networks", "Networks masqueraded", registry=r)
 
-    def endpoints(self) -> list[Endpoint[Any, Any]]:
-        return []
+    def endpoints(self) -> list[BusEndpoint[Any, Any]]:
+        return [
+            BusEndpoint("port.publish", PortPublish, PublishedPort, self.publish, scope="node", key=_ports),
+            BusEndpoint(
+                "port.unpublish", PublishedPortRef, Removed, self.unpublish, scope="node", key=_ports
+            ),
+            BusEndpoint(
+                "port.list", PublishedPortFilter, PublishedPortList, self.list_ports, scope="node", key=_read
+            ),
+        ]
 
     async def start(self) -> None:
-        pass
+        self._tasks = [
+            asyncio.create_task(self._watch(self._networks_kv, "net", self._on_network)),
+            asyncio.create_task(self._watch(self._endpoints_kv, "ep", self._on_endpoint)),
+            asyncio.create_task(self._watch(self._ports_kv, "port", self._on_port)),
+        ]
+        await asyncio.wait_for(asyncio.gather(*(e.wait() for e in self._synced.values())), 30)
+        for port in list(self.ports.values()):
+            if port.endpoint_id not in self.attached:
+                await self._drop_if_orphan(port)
+        await self.reconcile_once()
+        self._tasks.append(asyncio.create_task(self._reconcile_loop()))
 
     async def stop(self) -> None:
-        pass
+        # The table stays: published ports keep working while the agent restarts.
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._nft.close()
+
+    # ------------------------------------------------------------------ desired state
+
+    async def _watch(self, kv: TypedKV[Any], name: str, apply: Callable[[str, Any], Awaitable[None]]) -> None:
+        while True:
+            try:
+                async for change in kv.watch():
+                    if change is None:
+                        self._synced[name].set()
+                        continue
+                    await apply(change.key, change.value)
+                    self._bump()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # the watch dies with the connection; start it again
+                log.warning("watch of %s failed: %s", kv.bucket, exc)
+                await asyncio.sleep(1)
+
+    async def _on_network(self, key: str, value: Network | None) -> None:
+        if value is None:
+            self.networks.pop(key, None)
+        else:
+            self.networks[key] = value
+
+    async def _on_endpoint(self, key: str, value: Endpoint | None) -> None:
+        if value is not None:
+            if value.node == self._node:
+                self.attached[key] = value
+            return
+        if self.attached.pop(key, None) is None:
+            return
+        for port in [p for p in self.ports.values() if p.endpoint_id == key]:
+            await self._drop_if_orphan(port)
+
+    async def _on_port(self, key: str, value: PublishedPort | None) -> None:
+        if value is None:
+            self.ports.pop(key, None)
+        elif value.node == self._node:
+            self.ports[key] = value
+
+    async def _drop_if_orphan(self, port: PublishedPort) -> None:
+        """Unpublish a port whose endpoint is gone (checked in KV, not only in the watch)."""
+        try:
+            if await self._endpoints_kv.get(port.endpoint_id) is not None:
+                return
+            await self._ports_kv.delete(port.id)
+        except QnfError as exc:
+            log.warning("could not unpublish %s of a removed endpoint: %s", port.id, exc)
+            return
+        self.ports.pop(port.id, None)
+        self._bus.emit("port.unpublished", PortEvent(port=port, reason="endpoint removed"))
+
+    def _bump(self) -> int:
+        self._revision += 1
+        self._changed.set()
+        return self._revision
+
+    # ------------------------------------------------------------------ realisation
+
+    async def _reconcile_loop(self) -> None:
+        delay = 0.5
+        while True:
+            try:
+                await asyncio.wait_for(self._changed.wait(), DRIFT_CHECK_S)
+            except TimeoutError:
+                await self._check_drift()
+                continue
+            try:
+                await self.reconcile_once()
+                delay = 0.5
+            except Exception as exc:
+                if isinstance(exc, QnfError):
+                    log.error("applying NAT failed (previous table stays in force): %s", exc)
+                else:
+                    log.exception("compiling NAT failed (previous table stays in force)")
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, RETRY_MAX_S)
+                self._changed.set()
+
+    async def reconcile_once(self) -> None:
+        self._changed.clear()
+        revision = self._revision
+        compiled = compile_nat(self.networks.values(), targets(self.ports.values(), self.attached))
+        started = time.perf_counter()
+        if self._applied is None:
+            await self._nft.apply(compiled.full())
+            kind = "full"
+        else:
+            commands = delta(self._applied, compiled)
+            if commands:
+                await self._nft.apply(commands)
+            kind = "delta"
+        self._apply_seconds.labels(kind).observe(time.perf_counter() - started)
+        self._applied = compiled
+        self._mappings.set(len(self.ports))
+        self._masqueraded.set(sum(1 for n in self.networks.values() if n.nat))
+        async with self._enforced:
+            self._applied_revision = revision
+            self._enforced.notify_all()
+
+    async def _until_enforced(self, revision: int) -> None:
+        try:
+            async with self._enforced:
+                await asyncio.wait_for(
+                    self._enforced.wait_for(lambda: self._applied_revision >= revision), ENFORCE_WAIT_S
+                )
+        except TimeoutError:
+            raise Unavailable("recorded, but the node's NAT table has not applied it yet") from None
+
+    async def _check_drift(self) -> None:
+        if self._applied is None:
+            return
+        listed = await self._nft.list_table(FAMILY, TABLE)
+        counts = {}
+        for item in listed or []:
+            obj = item.get("set") or item.get("map")
+            if obj is not None:
+                counts[obj["name"]] = len(obj.get("elem", []))
+        want = {name: len(self._applied.elements[name]) for name in SETS + MAPS}
+        if listed is None or counts != want:
+            log.warning("the kernel drifted from the compiled NAT table; re-applying it whole")
+            self._applied = None
+            self._changed.set()
+
+    # ------------------------------------------------------------------ handlers
+
+    async def publish(self, req: PortPublish) -> PublishedPort:
+        eid = endpoint_id(req.container_id, req.ifname)
+        record = await self._endpoints_kv.get(eid)
+        if record is None:
+            raise NotFound(f"container {req.container_id} has no interface {req.ifname} attached")
+        endpoint = record.value
+        if endpoint.node != self._node:
+            raise InvalidRequest(f"the endpoint is on node {endpoint.node}; publish there")
+        mapping = PortMapping(
+            host_port=req.host_port,
+            container_port=req.container_port,
+            protocol=req.protocol,
+            host_ip=req.host_ip,
+        )
+        if mapping.host_ip is not None:
+            if not any(a.version == mapping.host_ip.version for a in endpoint.addresses):
+                raise InvalidRequest(f"host_ip: the endpoint has no IPv{mapping.host_ip.version} address")
+            fabric = {g for n in self.networks.values() for g in (n.gateway, n.gateway6) if g is not None}
+            error = host_address_error(mapping.host_ip, await self._node_addresses(), fabric)
+            if error is not None:
+                raise InvalidRequest(error)
+        holder = conflicting(self.ports.values(), self._node, mapping)
+        if holder is not None:
+            if same_target(holder, eid, mapping):
+                return holder
+            where = "every address" if holder.host_ip is None else str(holder.host_ip)
+            raise Conflict(
+                f"{mapping.protocol} port {mapping.host_port} on {where} of node {self._node} is already "
+                f"published to container {holder.container_id}"
+            )
+        sender = current_sender.get(None)
+        port = PublishedPort(
+            **mapping.model_dump(),
+            id=port_id(self._node, mapping),
+            node=self._node,
+            endpoint_id=eid,
+            container_id=endpoint.container_id,
+            ifname=endpoint.ifname,
+            network=endpoint.network,
+            source="cni" if sender is not None and role_of(sender) == "vnet" else "api",
+            created_ms=int(time.time() * 1000),
+        )
+        await self._ports_kv.create(port.id, port)
+        self.ports[port.id] = port
+        self.attached[eid] = endpoint  # the watch may not have delivered it yet
+        await self._until_enforced(self._bump())
+        self._bus.emit("port.published", PortEvent(port=port))
+        return port
+
+    async def unpublish(self, ref: PublishedPortRef) -> Removed:
+        if not ref.id.startswith(f"{self._node}."):
+            raise InvalidRequest(f"id: {ref.id} is not a port of node {self._node}")
+        record = await self._ports_kv.get(ref.id)
+        if record is None:
+            return Removed(existed=False)
+        await self._ports_kv.delete(ref.id, record.revision)
+        self.ports.pop(ref.id, None)
+        await self._until_enforced(self._bump())
+        self._bus.emit("port.unpublished", PortEvent(port=record.value, reason="unpublished"))
+        return Removed(existed=True)
+
+    async def list_ports(self, flt: PublishedPortFilter) -> PublishedPortList:
+        ports = sorted(self.ports.values(), key=lambda p: p.id)
+        return PublishedPortList(
+            ports=[p for p in ports if flt.endpoint_id is None or p.endpoint_id == flt.endpoint_id]
+        )
+
+
+def _ports(_: Message) -> str:
+    return "ports"
+
+
+def _read(_: Message) -> str:
+    return "read"

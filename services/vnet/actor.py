@@ -51,6 +51,8 @@ from libs.common.messages import (
     NetworkRef,
     NetworkSpec,
     NetworkUpdate,
+    PortPublish,
+    PublishedPort,
     Removed,
 )
 from libs.common.metrics import LATENCY_BUCKETS
@@ -478,7 +480,9 @@ class VnetActor:
         """One request from the CNI shim: the same handlers as the bus, the same error codes."""
         try:
             if verb == "add":
-                endpoint = await self.add_endpoint(EndpointAdd.model_validate(body))
+                request = EndpointAdd.model_validate(body)
+                endpoint = await self.add_endpoint(request)
+                await self._publish_ports(request, endpoint)
                 return {"ok": await self._cni_view(endpoint)}
             if verb == "del":
                 removed = await self.remove_endpoint(EndpointRemove.model_validate(body))
@@ -502,6 +506,24 @@ class VnetActor:
         except Exception:
             log.exception("CNI %s failed", verb)
             return {"error": {"code": "internal", "message": "internal error"}}
+
+    async def _publish_ports(self, request: EndpointAdd, endpoint: Endpoint) -> None:
+        """Publish CNI `portMappings` through the node's NAT agent; a refusal undoes the ADD.
+
+        The NAT agent owns published ports, so CNI and API mappings meet one conflict rule.
+        """
+        subject = node_subject(self._node, "nat", "port.publish")
+        try:
+            for mapping in endpoint.port_mappings:
+                publish = PortPublish(
+                    **mapping.model_dump(), container_id=endpoint.container_id, ifname=endpoint.ifname
+                )
+                await self._bus.request(subject, publish, PublishedPort)
+        except QnfError:
+            await self.remove_endpoint(
+                EndpointRemove(container_id=request.container_id, ifname=request.ifname, netns=request.netns)
+            )
+            raise
 
     async def _cni_view(self, endpoint: Endpoint) -> dict[str, Any]:
         view: dict[str, Any] = endpoint.model_dump(mode="json")

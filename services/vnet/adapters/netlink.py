@@ -203,6 +203,15 @@ class PyrouteDataplane:
                 host = self._index(self._ipr, plan.host_ifname)
                 assert host is not None
                 self._ipr.link("set", index=host, master=bridge, mtu=plan.mtu, state="up")
+                self._hairpin(host)
+
+    def _hairpin(self, port: int) -> None:
+        """Let the bridge send a frame back out the port it came in on.
+
+        A container reaching its own published port through the node's address is DNATed back
+        to itself by br_netfilter, which then bridges the frame to the port it arrived on.
+        """
+        self._ipr.brport("set", index=port, mode=1)
 
     def _configure_container(self, ns: Any, plan: VethPlan) -> None:
         lo = self._index(ns, "lo")
