@@ -2,7 +2,14 @@
 
 Handler table (see `endpoints()`), all cluster commands (queue group "firewall"):
 
-    qnf.v1.cmd.firewall.policy.create|get|list|update|delete|import|explain
+    qnf.v1.cmd.firewall.policy.create|get|list|update|delete|import|explain|wait
+    qnf.v1.node.<node>.firewall.status|endpoint.enforce|policy.enforced
+
+Acks are node replies, not events: `endpoint.enforce` (vnet's start gate) and `policy.enforced`
+answer once this node's kernel enforces the asked revision, so a waiter learns it from the one
+agent it asks without scanning a stream. `policy.wait` asks the agent of every node that hosts
+endpoints (those must enforce every policy) and names those that did not answer in time. Each
+change also starts a tracker that does the same and records the change-to-last-ack time.
 
 Intent and realisation are apart: watchers keep the desired state (networks, endpoints,
 policies from KV) and bump a revision; one reconciler task compiles the latest revision and
@@ -16,17 +23,21 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 import yaml
-from prometheus_client import Gauge, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 
 from libs.common.bus import Endpoint as BusEndpoint
-from libs.common.errors import Conflict, NotFound, PolicyRejected, QnfError
+from libs.common.errors import Conflict, InvalidRequest, NotFound, PolicyRejected, QnfError, Unavailable
+from libs.common.ids import node_subject
 from libs.common.kv import TypedKV
 from libs.common.messages import (
     Empty,
     Endpoint,
+    EndpointEnforce,
+    Enforced,
     FlowQuery,
     Message,
     Network,
@@ -34,9 +45,11 @@ from libs.common.messages import (
     PolicyFilter,
     PolicyList,
     PolicyRef,
+    PolicyRemoved,
     PolicySpec,
+    PolicyWait,
+    PolicyWaitResult,
     PolicyYaml,
-    Removed,
     Verdict,
 )
 from libs.common.metrics import LATENCY_BUCKETS
@@ -53,6 +66,7 @@ log = logging.getLogger("qnf.firewall")
 
 DRIFT_CHECK_S = 10.0
 RETRY_MAX_S = 30.0
+CONVERGENCE_TRACK_S = 60.0  # a change not acked everywhere by then counts as incomplete
 
 
 class SyncStatus(Message):
@@ -96,6 +110,12 @@ class FirewallActor:
         self._applied_revision = -1
         self._applied: Compiled | None = None
         self._changed = asyncio.Event()
+        # Revisions seen by the watches, and those the kernel enforces (set after each apply).
+        self._policy_seen = 0
+        self._endpoint_seen: dict[str, int] = {}
+        self._policy_enforced = 0
+        self._endpoint_enforced: dict[str, int] = {}
+        self._applied_signal = asyncio.Event()
         self._synced: dict[str, asyncio.Event] = {b: asyncio.Event() for b in ("net", "ep", "pol")}
         self._tasks: list[asyncio.Task[None]] = []
         r = ctx.registry
@@ -108,6 +128,18 @@ class FirewallActor:
         )
         self._elements = Gauge("qnf_firewall_set_elements", "Set elements in force", registry=r)
         self._rules = Gauge("qnf_firewall_rules", "Rules in force", registry=r)
+        self._convergence = Histogram(
+            "qnf_firewall_convergence_seconds",
+            "Time from a policy change to the last ack of every node that must enforce it",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self._unconverged = Counter(
+            "qnf_firewall_convergence_incomplete_total",
+            f"Policy changes not acked by every node within {CONVERGENCE_TRACK_S:g} s",
+            registry=r,
+        )
+        self._trackers: set[asyncio.Task[None]] = set()
 
     def endpoints(self) -> list[BusEndpoint[Any, Any]]:
         def policy_key_of(_: Message) -> str:
@@ -118,10 +150,23 @@ class FirewallActor:
             BusEndpoint("policy.get", PolicyRef, Policy, self.get_policy, key=lambda r: "read"),
             BusEndpoint("policy.list", PolicyFilter, PolicyList, self.list_policies, key=lambda r: "read"),
             BusEndpoint("policy.update", PolicySpec, Policy, self.update_policy, key=policy_key_of),
-            BusEndpoint("policy.delete", PolicyRef, Removed, self.delete_policy, key=policy_key_of),
+            BusEndpoint("policy.delete", PolicyRef, PolicyRemoved, self.delete_policy, key=policy_key_of),
             BusEndpoint("policy.import", PolicyYaml, Policy, self.import_policy, key=policy_key_of),
             BusEndpoint("policy.explain", FlowQuery, Verdict, self.explain, key=lambda r: "read"),
+            BusEndpoint("policy.wait", PolicyWait, PolicyWaitResult, self.wait_policy, key=_unique()),
             BusEndpoint("status", Empty, SyncStatus, self.status, scope="node", key=lambda r: "read"),
+            # Waiters must not queue behind each other: each gets a mailbox of its own.
+            BusEndpoint(
+                "endpoint.enforce",
+                EndpointEnforce,
+                Enforced,
+                self.enforce_endpoint,
+                scope="node",
+                key=_unique(),
+            ),
+            BusEndpoint(
+                "policy.enforced", PolicyWait, Enforced, self.policy_enforced, scope="node", key=_unique()
+            ),
         ]
 
     async def start(self) -> None:
@@ -135,9 +180,9 @@ class FirewallActor:
         self._tasks.append(asyncio.create_task(self._reconcile_loop()))
 
     async def stop(self) -> None:
-        for task in self._tasks:
+        for task in [*self._tasks, *self._trackers]:
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.gather(*self._tasks, *self._trackers, return_exceptions=True)
         await self._nft.close()
 
     # ------------------------------------------------------------------ desired state
@@ -153,6 +198,10 @@ class FirewallActor:
                         into.pop(change.key, None)
                     else:
                         into[change.key] = change.value
+                    if name == "pol":
+                        self._policy_seen = max(self._policy_seen, change.revision)
+                    elif name == "ep":
+                        self._endpoint_seen[change.key] = change.revision
                     self._revision += 1
                     self._changed.set()
             except asyncio.CancelledError:
@@ -196,7 +245,9 @@ class FirewallActor:
         self._changed.clear()
         revision = self._revision
         if revision == self._applied_revision and self._applied is not None:
+            self._enforced(self._policy_seen, dict(self._endpoint_seen))
             return False
+        policy_seen, endpoint_seen = self._policy_seen, dict(self._endpoint_seen)
         local = [e for e in self.known_endpoints.values() if e.node == self._node]
         compiled = compile_model(self.model(node=self._node), local)
         started = time.perf_counter()
@@ -211,8 +262,29 @@ class FirewallActor:
         self._apply_seconds.labels(kind).observe(time.perf_counter() - started)
         self._applied = compiled
         self._applied_revision = revision
+        self._enforced(policy_seen, endpoint_seen)
         self._elements.set(sum(len(v) for v in compiled.elements.values()))
         self._rules.set(sum(1 for c in compiled.structure if "rule" in c.get("add", {})))
+        return True
+
+    def _enforced(self, policy_revision: int, endpoints: dict[str, int]) -> None:
+        """The kernel now enforces these revisions: wake every waiter to look again."""
+        self._policy_enforced = max(self._policy_enforced, policy_revision)
+        self._endpoint_enforced = endpoints
+        self._applied_signal.set()
+        self._applied_signal = asyncio.Event()
+
+    async def _until(self, done: Callable[[], bool], timeout: float) -> bool:
+        """Wait until `done()` holds after some apply, at most `timeout` seconds."""
+        deadline = time.monotonic() + timeout
+        while not done():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            try:
+                await asyncio.wait_for(self._applied_signal.wait(), left)
+            except TimeoutError:
+                return done()
         return True
 
     async def _check_drift(self) -> None:
@@ -243,6 +315,7 @@ class FirewallActor:
             raise Conflict(f"policy {spec.name} exists with a different spec")
         policy = Policy(**spec.model_dump(), created_ms=int(time.time() * 1000))
         revision = await self._policies_kv.create(key, policy)
+        self._track(revision)
         stored = policy.model_copy(update={"revision": revision})
         self._bus.emit("policy.created", PolicyEvent(policy=stored))
         return stored
@@ -255,6 +328,7 @@ class FirewallActor:
             raise NotFound(f"policy {spec.name} does not exist")
         policy = Policy(**spec.model_dump(), created_ms=existing.value.created_ms)
         revision = await self._policies_kv.update(key, policy, existing.revision)
+        self._track(revision)
         stored = policy.model_copy(update={"revision": revision})
         self._bus.emit("policy.updated", PolicyEvent(policy=stored))
         return stored
@@ -275,14 +349,17 @@ class FirewallActor:
             ]
         )
 
-    async def delete_policy(self, ref: PolicyRef) -> Removed:
+    async def delete_policy(self, ref: PolicyRef) -> PolicyRemoved:
         key = ref_key(ref.name, ref.network)
         record = await self._policies_kv.get(key)
         if record is None:
-            return Removed(existed=False)
+            return PolicyRemoved(existed=False)
         await self._policies_kv.delete(key, record.revision)
+        # The delete marker's own revision is not returned; the bucket's latest is at or after it.
+        revision = await self._policies_kv.last_revision()
+        self._track(revision)
         self._bus.emit("policy.deleted", PolicyEvent(policy=record.value))
-        return Removed(existed=True)
+        return PolicyRemoved(existed=True, revision=revision)
 
     async def import_policy(self, req: PolicyYaml) -> Policy:
         try:
@@ -305,6 +382,90 @@ class FirewallActor:
 
     async def explain(self, query: FlowQuery) -> Verdict:
         return explain(self.model(node=None), query)
+
+    # ------------------------------------------------------------------ acks and convergence
+
+    def _ack(self) -> Enforced:
+        return Enforced(node=self._node, policy_revision=self._policy_enforced, ts_ms=int(time.time() * 1000))
+
+    async def enforce_endpoint(self, req: EndpointEnforce) -> Enforced:
+        """The start gate: reply once the endpoint's record at `revision` is in this kernel."""
+        if not await self._until(
+            lambda: self._endpoint_enforced.get(req.endpoint_id, 0) >= req.revision, req.timeout_s
+        ):
+            raise Unavailable(
+                f"endpoint {req.endpoint_id} (revision {req.revision}) is not enforced on node "
+                f"{self._node} after {req.timeout_s:g} s"
+            )
+        return self._ack()
+
+    async def policy_enforced(self, req: PolicyWait) -> Enforced:
+        """This node's ack of policy `revision`: the reply names what is enforced when it comes."""
+        await self._until(lambda: self._policy_enforced >= req.revision, req.timeout_s)
+        return self._ack()
+
+    async def wait_policy(self, req: PolicyWait) -> PolicyWaitResult:
+        latest = await self._policies_kv.last_revision()
+        if req.revision > latest:
+            raise InvalidRequest(
+                f"revision: {req.revision} is not a policy revision (the latest is {latest})"
+            )
+        return await self._collect_acks(req.revision, req.timeout_s)
+
+    def _must_enforce(self) -> list[str]:
+        """Nodes whose agents must enforce every policy: this one and every node with endpoints."""
+        return sorted({self._node} | {e.node for e in self.known_endpoints.values()})
+
+    async def _collect_acks(self, revision: int, timeout: float) -> PolicyWaitResult:
+        started = time.perf_counter()
+        nodes = self._must_enforce()
+
+        async def ask(node: str) -> bool:
+            if node == self._node:
+                return (
+                    await self.policy_enforced(PolicyWait(revision=revision, timeout_s=timeout))
+                ).policy_revision >= revision
+            try:
+                ack = await self._bus.request(
+                    node_subject(node, "firewall", "policy.enforced"),
+                    PolicyWait(revision=revision, timeout_s=timeout),
+                    Enforced,
+                    timeout=timeout + 1.0,
+                    expect=lambda who: who.name == "firewall" and who.node == node,
+                )
+            except QnfError:
+                return False  # stopped, unreachable or too slow: reported as pending
+            return ack.policy_revision >= revision
+
+        acked = await asyncio.gather(*(ask(n) for n in nodes))
+        return PolicyWaitResult(
+            revision=revision,
+            complete=all(acked),
+            acked=[n for n, ok in zip(nodes, acked, strict=True) if ok],
+            pending=[n for n, ok in zip(nodes, acked, strict=True) if not ok],
+            seconds=time.perf_counter() - started,
+        )
+
+    def _track(self, revision: int) -> None:
+        """Record how long `revision` takes to be acked by every node (the convergence metric)."""
+
+        async def track() -> None:
+            result = await self._collect_acks(revision, CONVERGENCE_TRACK_S)
+            if result.complete:
+                self._convergence.observe(result.seconds)
+            else:
+                self._unconverged.inc()
+                log.warning("policy revision %d not acked by %s", revision, ", ".join(result.pending))
+
+        task = asyncio.create_task(track())
+        self._trackers.add(task)
+        task.add_done_callback(self._trackers.discard)
+
+
+def _unique() -> Callable[[Message], str]:
+    """A mailbox key per request, so that requests which wait never hold up one another."""
+    counter = iter(range(1 << 62))
+    return lambda _: f"w{next(counter)}"
 
 
 def _delta(old: Compiled, new: Compiled) -> list[dict[str, Any]]:

@@ -323,6 +323,15 @@ class NodeClient:
     def kv_keys(self, bucket: str) -> list[str]:
         return self._send({"kv_keys": bucket})["keys"]  # type: ignore[no-any-return]
 
+    def kv_put(self, bucket: str, key: str, model: str, value: dict) -> int:  # type: ignore[type-arg]
+        """Write a signed record (admin identity only): `model` names a libs.common.messages model."""
+        out = self._send({"kv_put": bucket, "key": key, "model": model, "value": value})
+        assert "revision" in out, out
+        return out["revision"]  # type: ignore[no-any-return]
+
+    def kv_delete(self, bucket: str, key: str) -> None:
+        assert self._send({"kv_delete": bucket, "key": key}) == {"deleted": True}
+
     def close(self) -> None:
         assert self._proc.stdin is not None and self._proc.stdout is not None
         self._proc.stdin.close()

@@ -7,6 +7,8 @@ signed requests as JSON lines:
     {"subject": S, "body": {...}, "timeout": 10}             -> {"reply": {...}} | {"error": {...}}
     {"batch": [{"subject": S, "body": {...}}, ...]}          -> {"replies": [...]}   (concurrently)
     {"kv_keys": BUCKET}                                      -> {"keys": [...]}      (admin only)
+    {"kv_put": BUCKET, "key": K, "model": M, "value": {...}} -> {"revision": N}      (admin only)
+    {"kv_delete": BUCKET, "key": K}                          -> {"deleted": true}    (admin only)
 
 Run: python -m libs.common.testing.nodeclient STATE_DIR SPIFFE_ID
 """
@@ -22,6 +24,7 @@ from typing import Any
 import nats.js.errors
 from pydantic import BaseModel, ConfigDict
 
+from libs.common import messages
 from libs.common.bus import Bus
 from libs.common.config import load_settings
 from libs.common.errors import QnfError
@@ -62,6 +65,13 @@ async def main(state_dir: str, uri: str) -> None:
                 except nats.js.errors.NoKeysError:
                     keys = []
                 out: dict[str, Any] = {"keys": sorted(keys)}
+            elif "kv_put" in item:  # a signed record as the admin writes it (e.g. another node's endpoint)
+                model = getattr(messages, item["model"])
+                typed = await bus.kv(item["kv_put"], model)
+                out = {"revision": await typed.put(item["key"], model.model_validate(item["value"]))}
+            elif "kv_delete" in item:
+                await (await bus.kv(item["kv_delete"], _Json)).delete(item["key"])
+                out = {"deleted": True}
             elif "batch" in item:
                 out = {"replies": await asyncio.gather(*(_one(bus, i) for i in item["batch"]))}
             else:

@@ -1,0 +1,301 @@
+"""The firewall you can trust: start gating, convergence acks (issue 6), with real packets.
+
+Scope: one fabric in a test node namespace (module scope), a zero-trust network with a server
+endpoint. A container added through the real CNI plugin must not get a single packet past its
+policy right after ADD returns; `policy.wait` must return only once the kernel enforces a change
+(a probe right after proves it) and must name a node whose agent does not ack.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from cni.install import install_plugin
+from libs.common.ids import SpiffeId
+from libs.common.testing import Containers, FabricNode, NodeClient, fabric_on_new_node
+from tests.netns.test_cni import exec_plugin, net_config
+
+CMD = "qnf.v1.cmd"
+NODE_CMD = "qnf.v1.node.n1"
+UDP_PORT = 9999
+
+SERVER = f"""
+import asyncio
+async def main():
+    for port in (80, 5432):
+        await asyncio.start_server(lambda r, w: w.close(), '0.0.0.0', port)
+    class Echo(asyncio.DatagramProtocol):
+        def connection_made(self, t): self.t = t
+        def datagram_received(self, data, addr): self.t.sendto(data, addr)
+    await asyncio.get_running_loop().create_datagram_endpoint(Echo, local_addr=('0.0.0.0', {UDP_PORT}))
+    print('ready', flush=True)
+    await asyncio.Event().wait()
+asyncio.run(main())
+"""
+
+# Started inside the container's namespace before ADD; sends the moment it reads a line, so the
+# first datagram leaves well under a millisecond after ADD returned.
+SENDER = f"""
+import json, socket, sys, time
+host = sys.argv[1]
+sys.stdin.readline()
+u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); u.setblocking(False)
+sent = echoes = 0
+first = None
+start = time.monotonic()
+while time.monotonic() - start < 0.3:
+    try:
+        u.sendto(b'x', (host, {UDP_PORT})); sent += 1
+        first = first if first is not None else time.monotonic() - start
+    except OSError:
+        pass
+    try:
+        while True:
+            u.recv(16); echoes += 1
+    except (BlockingIOError, OSError):
+        pass
+    time.sleep(0.001)
+time.sleep(0.2)
+try:
+    while True:
+        u.recv(16); echoes += 1
+except (BlockingIOError, OSError):
+    pass
+t = socket.socket(); t.settimeout(0.5)
+try:
+    t.connect((host, 80)); tcp = 'ok'
+except OSError:
+    tcp = 'blocked'
+print(json.dumps({{"sent": sent, "echoes": echoes, "tcp": tcp, "first_s": first}}), flush=True)
+"""
+
+
+@dataclass
+class Env:
+    fabric: FabricNode
+    gw: NodeClient
+    admin: NodeClient
+    containers: Containers
+    srv_ip: str
+    bin_dir: Path
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
+    containers = Containers()
+    tmp = Path(tmp_path_factory.mktemp("fwtrust"))
+    bin_dir = tmp / "cni-bin"
+    install_plugin(bin_dir)
+    with fabric_on_new_node(tmp / "state") as fabric:
+        gw = fabric.client()
+        admin = fabric.client(SpiffeId.user("qnf.local", "admin"))
+        server = None
+        try:
+            gw.call(f"{CMD}.vnet.network.create", {"name": "zt", "subnet": "10.140.0.0/24"})
+            space, srv_ip = containers.attach(gw, "zt", "srv", labels={"app": "srv"})
+            server = subprocess.Popen(
+                ["nsenter", f"--net=/run/netns/{space}", sys.executable, "-c", SERVER],
+                stdout=subprocess.PIPE,
+                text=True,
+            )
+            assert server.stdout is not None and server.stdout.readline().strip() == "ready"
+            # srv accepts anything from its own network: only the sender's egress decides.
+            gw.call(
+                f"{CMD}.firewall.policy.create",
+                {
+                    "name": "srv-in",
+                    "network": "zt",
+                    "endpointSelector": {"matchLabels": {"app": "srv"}},
+                    "ingress": [{}],
+                },
+            )
+            yield Env(fabric, gw, admin, containers, srv_ip, bin_dir)
+        finally:
+            if server is not None:
+                server.kill()
+                server.wait()
+                assert server.stdout is not None
+                server.stdout.close()
+            admin.close()
+            gw.close()
+            containers.close()
+
+
+def start_sender(space: str, host: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        ["nsenter", f"--net=/run/netns/{space}", sys.executable, "-c", SENDER, host],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+
+
+def fire(sender: subprocess.Popen[str]) -> dict:  # type: ignore[type-arg]
+    assert sender.stdin is not None and sender.stdout is not None
+    sender.stdin.write("go\n")
+    sender.stdin.flush()
+    out = json.loads(sender.stdout.readline())
+    sender.wait(10)
+    sender.stdin.close()
+    sender.stdout.close()
+    return out  # type: ignore[no-any-return]
+
+
+def cni_add(env: Env, space: str, labels: str) -> dict:  # type: ignore[type-arg]
+    rc, out = exec_plugin(
+        env.fabric,
+        env.bin_dir,
+        "qnf",
+        "ADD",
+        net_config(env.fabric, "zt"),
+        container=space,
+        netns=f"/run/netns/{space}",
+        args=f"IgnoreUnknown=1;{labels}",
+    )
+    assert rc == 0 and out is not None, out
+    return out
+
+
+def wait_policy(env: Env, revision: int, timeout: float = 5) -> dict:  # type: ignore[type-arg]
+    return env.gw.call(
+        f"{CMD}.firewall.policy.wait", {"revision": revision, "timeout_s": timeout}, timeout=timeout + 5
+    )
+
+
+def test_no_packet_passes_before_the_firewall_enforces_a_new_container(env: Env) -> None:
+    space = env.containers()
+    sender = start_sender(space, env.srv_ip)
+    try:
+        cni_add(env, space, "app=client")
+        first = fire(sender)  # the instant ADD returned
+    finally:
+        if sender.poll() is None:
+            sender.kill()
+            sender.wait()
+    assert first["sent"] > 50 and first["first_s"] < 0.005, first
+    # No egress policy selects app=client: not one datagram, not one SYN may get through.
+    assert first["echoes"] == 0 and first["tcp"] == "blocked", first
+
+    # The control: once a policy opens its egress (and wait says it is enforced), the same
+    # sender gets through, so the silence above was the policy and not a broken path.
+    policy = env.gw.call(
+        f"{CMD}.firewall.policy.create",
+        {
+            "name": "client-out",
+            "network": "zt",
+            "endpointSelector": {"matchLabels": {"app": "client"}},
+            "policyTypes": ["Egress"],
+            "egress": [{}],
+        },
+    )
+    done = wait_policy(env, policy["revision"])
+    assert done["complete"] and done["acked"] == ["n1"] and done["pending"] == [], done
+    again = fire(start_sender(space, env.srv_ip))
+    assert again["echoes"] > 0 and again["tcp"] == "ok", again
+    env.gw.call(f"{CMD}.firewall.policy.delete", {"name": "client-out", "network": "zt"})
+
+
+def test_wait_returns_once_the_kernel_enforces_a_change(env: Env) -> None:
+    space, _ = env.containers.attach(env.gw, "zt", "w1", labels={"app": "w1"})
+    for round_ in range(3):
+        policy = env.gw.call(
+            f"{CMD}.firewall.policy.create",
+            {
+                "name": f"w1-out-{round_}",
+                "network": "zt",
+                "endpointSelector": {"matchLabels": {"app": "w1"}},
+                "policyTypes": ["Egress"],
+                "egress": [{"ports": [{"protocol": "UDP", "port": UDP_PORT}]}],
+            },
+        )
+        done = wait_policy(env, policy["revision"])
+        assert done["complete"], done
+        assert fire(start_sender(space, env.srv_ip))["echoes"] > 0  # right after wait: enforced
+        removed = env.gw.call(f"{CMD}.firewall.policy.delete", {"name": f"w1-out-{round_}", "network": "zt"})
+        assert wait_policy(env, removed["revision"])["complete"]
+        assert fire(start_sender(space, env.srv_ip))["echoes"] == 0  # and the delete is too
+
+
+def test_wait_on_an_unknown_revision_is_a_clear_error(env: Env) -> None:
+    out = env.gw.request(f"{CMD}.firewall.policy.wait", {"revision": 10_000_000})
+    assert out["error"]["code"] == "invalid" and "revision" in out["error"]["message"], out
+    out = env.gw.request(f"{CMD}.firewall.policy.wait", {"revision": 0})
+    assert out["error"]["code"] == "invalid" and "revision" in out["error"]["message"], out
+
+
+def test_wait_names_a_node_whose_agent_does_not_ack(env: Env) -> None:
+    # Node n2 hosts an endpoint (its record is in KV) but its firewall agent is not running.
+    record = {
+        "endpoint_id": "n2-ghost",
+        "request_id": "r",
+        "container_id": "ghost",
+        "ifname": "eth0",
+        "netns": "/run/netns/ghost",
+        "node": "n2",
+        "network": "zt",
+        "name": "ghost",
+        "labels": {},
+        "identity": "spiffe://qnf.local/network/zt/endpoint/ghost",
+        "mac": "02:00:00:00:00:99",
+        "mtu": 1500,
+        "host_ifname": "q0000000099",
+        "addresses": ["10.140.0.250/24"],
+        "gateways": ["10.140.0.1"],
+        "created_ms": 1,
+    }
+    env.admin.kv_put("qnf-endpoints", "n2-ghost", "Endpoint", record)
+    try:
+        policy = env.gw.call(
+            f"{CMD}.firewall.policy.create",
+            {"name": "n2-change", "network": "zt", "endpointSelector": {}, "policyTypes": ["Egress"]},
+        )
+        started = time.monotonic()
+        done = wait_policy(env, policy["revision"], timeout=1)
+        assert time.monotonic() - started < 4
+        assert not done["complete"] and done["acked"] == ["n1"] and done["pending"] == ["n2"], done
+    finally:
+        env.admin.kv_delete("qnf-endpoints", "n2-ghost")
+        env.gw.call(f"{CMD}.firewall.policy.delete", {"name": "n2-change", "network": "zt"})
+    latest = env.gw.call(f"{CMD}.firewall.policy.list", {})
+    assert all(p["name"] != "n2-change" for p in latest["policies"])
+
+
+def test_add_is_undone_when_the_firewall_does_not_confirm(env: Env) -> None:
+    (pid,) = env.fabric.service_pids("firewall")
+    space = env.containers()
+    os.kill(pid, signal.SIGSTOP)  # alive but silent: the gate must time out, not hang or pass
+    try:
+        out = env.gw.request(
+            f"{NODE_CMD}.vnet.endpoint.add",
+            {
+                "request_id": space,
+                "container_id": space,
+                "ifname": "eth0",
+                "netns": f"/run/netns/{space}",
+                "network": "zt",
+                "name": "gated",
+            },
+            timeout=20,
+        )
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    assert out["error"]["code"] == "unavailable" and "firewall" in out["error"]["message"], out
+    assert "undone" in out["error"]["message"]
+    eps = env.gw.call(f"{NODE_CMD}.vnet.endpoint.list", {"network": "zt"})["endpoints"]
+    assert "gated" not in {e["name"] for e in eps}
+    links = env.fabric.exec("ip", "-o", "link").stdout
+    assert all(e["host_ifname"] in links for e in eps)
+    assert (
+        subprocess.run(["ip", "-n", space, "-o", "link"], capture_output=True, text=True).stdout.count("eth0")
+        == 0
+    )
