@@ -37,7 +37,7 @@ SETS: Final = ("fabric4", "fabric6", "masq4", "masq6")
 MAPS: Final = tuple(f"{kind}{v}_{part}" for kind in ("any", "at") for v in "46" for part in ("addr", "port"))
 
 
-@dataclass(frozen=True, order=True)
+@dataclass(frozen=True)
 class Target:
     """One published port resolved to one address of its endpoint."""
 
@@ -59,7 +59,8 @@ def targets(ports: Iterable[PublishedPort], endpoints: Mapping[str, Endpoint]) -
             if port.host_ip is not None and port.host_ip.version != iface.version:
                 continue
             out.append(Target(port.protocol, port.host_port, port.host_ip, iface.ip, port.container_port))
-    return sorted(out)
+    # Addresses of two families do not compare: sort by text, for a canonical output.
+    return sorted(out, key=lambda t: (t.protocol, t.host_port, str(t.host_ip), str(t.address)))
 
 
 @dataclass(frozen=True)
