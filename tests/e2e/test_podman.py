@@ -152,3 +152,53 @@ def test_zero_trust_network_needs_a_policy(fabric_node: FabricNode, podman: Podm
             time.sleep(0.2)
     finally:
         gw.close()
+
+
+def test_podman_publishes_ports_through_the_fabric(fabric_node: FabricNode, podman: Podman) -> None:
+    """`podman run -p` with qnf's own portMappings capability: no portmap plugin in the chain."""
+    with NetNS(f"/run/netns/{fabric_node.ns}") as node:  # the node's "uplink" (no dummy module here)
+        node.link("add", ifname="up0", kind="veth", peer={"ifname": "up1"})
+        up = node.link_lookup(ifname="up0")[0]
+        node.addr("add", index=up, address="192.0.2.1", prefixlen=32)
+        node.link("set", index=up, state="up")
+    gw = fabric_node.client()
+    try:
+        gw.call(
+            "qnf.v1.cmd.vnet.network.create",
+            {"name": "pubp", "subnet": "10.68.0.0/24", "isolation": "default-allow"},
+        )
+        write_conflist(podman.root / "net", conflist("pubp", state_dir=fabric_node.state, chain=[]))
+        podman(
+            "run", "-d", "--name", "web", "--network", "pubp", "-p", "8080:8080",
+            "qnf-busybox:test", "httpd", "-f", "-p", "8080", "-h", "/etc",
+        )  # fmt: skip
+        ports = gw.call("qnf.v1.node.n1.nat.port.list", {})["ports"]
+        assert [(p["host_port"], p["container_port"], p["source"]) for p in ports] == [(8080, 8080, "cni")]
+        podman("run", "-d", "--name", "client", "--network", "pubp", "qnf-busybox:test", "sleep", "600")
+        deadline = time.monotonic() + 15
+        while True:  # through the node's address and the published port (hairpin)
+            page = podman(
+                "exec", "client", "timeout", "3", "wget", "-q", "-O", "-", "http://192.0.2.1:8080/passwd",
+                check=False,
+            )  # fmt: skip
+            if page.stdout.startswith("root:x:0:0") or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        assert page.stdout.startswith("root:x:0:0"), page.stderr
+
+        # The same host port again: refused, and the refused container leaves nothing behind.
+        clash = podman(
+            "run", "-d", "--name", "web2", "--network", "pubp", "-p", "8080:80",
+            "qnf-busybox:test", "sleep", "60", check=False,
+        )  # fmt: skip
+        assert clash.returncode != 0 and "8080" in clash.stderr, clash.stderr
+        endpoints = gw.call("qnf.v1.node.n1.vnet.endpoint.list", {"network": "pubp"})["endpoints"]
+        assert sorted(e["name"] for e in endpoints) == ["client", "web"]
+
+        podman("rm", "-f", "-t", "0", "web")
+        deadline = time.monotonic() + 5
+        while gw.call("qnf.v1.node.n1.nat.port.list", {})["ports"]:
+            assert time.monotonic() < deadline, "the published port outlived its container"
+            time.sleep(0.05)
+    finally:
+        gw.close()

@@ -235,7 +235,10 @@ def test_udp_and_address_bound_ports(env: Env) -> None:
             {
                 **OPEN_C1_TO_OUTSIDE,
                 "ingress": [
-                    {"peers": [{"ipBlock": {"cidr": "192.0.2.0/24"}}], "ports": [{"port": 80, "protocol": "UDP"}]}
+                    {
+                        "peers": [{"ipBlock": {"cidr": "192.0.2.0/24"}}],
+                        "ports": [{"port": 80, "protocol": "UDP"}],
+                    }
                 ],
             }
         ]
@@ -329,7 +332,8 @@ def test_conflicting_and_unknown_publishes_are_refused(env: Env) -> None:
             )
             assert reply["error"]["code"] == "conflict" and "8200" in reply["error"]["message"], reply
         reply = env.gw.request(
-            f"{NAT}.port.publish", {"container_id": "no-such-container", "host_port": 8201, "container_port": 80}
+            f"{NAT}.port.publish",
+            {"container_id": "no-such-container", "host_port": 8201, "container_port": 80},
         )
         assert reply["error"]["code"] == "not_found", reply
         assert env.nat_table() == before
