@@ -1,20 +1,15 @@
-"""Entry point of the gateway service: build the actor from real adapters and run it."""
+"""Entry point of the gateway service: open the token store, make the actor, run it."""
 
 from __future__ import annotations
 
 import sys
 
-from libs.common.service import Context
 from libs.common.service import main as run_main
-from services.gateway.actor import GatewayActor
-
-
-async def build(ctx: Context) -> GatewayActor:
-    return GatewayActor(ctx)
+from services.gateway.actor import build_actor
 
 
 def main() -> int:
-    return run_main("gateway", build)
+    return run_main("gateway", build_actor)
 
 
 if __name__ == "__main__":
