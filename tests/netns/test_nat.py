@@ -17,15 +17,14 @@ import json
 import subprocess
 import sys
 import time
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from pyroute2 import NetNS, netns
+from pyroute2 import NetNS
 
-from libs.common.testing import Containers, FabricNode, NodeClient, fabric_on_new_node
+from libs.common.testing import Containers, FabricNode, NodeClient, fabric_on_new_node, outside_host
 
 CMD = "qnf.v1.cmd"
 NAT = "qnf.v1.node.n1.nat"
@@ -132,22 +131,12 @@ def _serve(space: str, ports: list[int], procs: list[subprocess.Popen[str]]) -> 
 def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
     containers = Containers()
     servers: list[subprocess.Popen[str]] = []
-    outside = f"qnfo-{uuid.uuid4().hex[:8]}"
-    with fabric_on_new_node(Path(tmp_path_factory.mktemp("nat")) / "state") as fabric:
-        netns.create(outside)
+    with (
+        fabric_on_new_node(Path(tmp_path_factory.mktemp("nat")) / "state") as fabric,
+        outside_host(fabric.ns, node_address=NODE_UPLINK, address=OUTSIDE) as outside,
+    ):
         gw = fabric.client()
         try:
-            # The uplink is made inside the node namespace and one end moved out: never in root.
-            with NetNS(fabric.ns) as node:
-                node.link("add", ifname="up0", kind="veth", peer={"ifname": "out0", "net_ns_fd": outside})
-                up = node.link_lookup(ifname="up0")[0]
-                node.addr("add", index=up, address=NODE_UPLINK, prefixlen=24)
-                node.link("set", index=up, state="up")
-            with NetNS(outside) as out:
-                out.link("set", index=out.link_lookup(ifname="lo")[0], state="up")
-                idx = out.link_lookup(ifname="out0")[0]
-                out.addr("add", index=idx, address=OUTSIDE, prefixlen=24)
-                out.link("set", index=idx, state="up")
             gw.call(f"{CMD}.vnet.network.create", {"name": "pub", "subnet": "10.140.0.0/24"})
             gw.call(f"{CMD}.vnet.network.create", {"name": "nomasq", "subnet": "10.141.0.0/24", "nat": False})
             spaces, ips = {}, {}
@@ -164,7 +153,6 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
                 proc.stdout.close()
             gw.close()
             containers.close()
-            netns.remove(outside)
 
 
 def egress_to_outside(*apps: str) -> list[dict]:

@@ -264,6 +264,40 @@ def node_netns() -> Iterator[str]:
         yield name
 
 
+@contextlib.contextmanager
+def outside_host(
+    node_ns: str, *, node_address: str = "192.0.2.1", address: str = "192.0.2.2", prefixlen: int = 24
+) -> Iterator[str]:
+    """A namespace beyond the node's uplink, "the outside world", with no route into the fabric.
+
+    The veth is made inside the node namespace and one end moved out (never in root); the node
+    end `up0` gets `node_address`. Yields the namespace's name; removes it on exit.
+    """
+    from pyroute2 import NetNS, netns
+
+    name = f"qnfo-{uuid.uuid4().hex[:8]}"
+    netns.create(name)
+    try:
+        with NetNS(node_ns) as node:
+            node.link("add", ifname="up0", kind="veth", peer={"ifname": "out0", "net_ns_fd": name})
+            up = node.link_lookup(ifname="up0")[0]
+            node.addr("add", index=up, address=node_address, prefixlen=prefixlen)
+            node.link("set", index=up, state="up")
+        with NetNS(name) as out:
+            out.link("set", index=out.link_lookup(ifname="lo")[0], state="up")
+            idx = out.link_lookup(ifname="out0")[0]
+            out.addr("add", index=idx, address=address, prefixlen=prefixlen)
+            out.link("set", index=idx, state="up")
+        yield name
+    finally:
+        for pid in pids_in_netns(name):
+            try:
+                os.kill(pid, 9)
+            except ProcessLookupError:
+                pass
+        netns.remove(name)
+
+
 class NodeClient:
     """Signed requests from inside a node namespace, through `libs.common.testing.nodeclient`."""
 
