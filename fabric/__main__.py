@@ -2,6 +2,7 @@
 
 qnf up        start the whole fabric on this node (CA and identities on first run)
 qnf init      only prepare: CA, identities, nats-server config, NATS CLI contexts
+qnf docker-plugin   Docker's network driver (what `up` runs when `docker_plugin` is set)
 """
 
 from __future__ import annotations
@@ -80,6 +81,8 @@ def main(argv: list[str] | None = None) -> int:
     cni.add_argument(
         "--chain", default="", help="reference plugins to chain after qnf: portmap,tuning,bandwidth"
     )
+    docker = sub.add_parser("docker-plugin", help="serve Docker's network driver protocol (foreground)")
+    docker.add_argument("--socket", type=Path, help="default /run/docker/plugins/qnf.sock: driver `qnf`")
     args = parser.parse_args(argv)
     try:
         settings = _settings(args)
@@ -102,6 +105,12 @@ def main(argv: list[str] | None = None) -> int:
             doc = conflist(args.network, state_dir=settings.state_dir, chain=chain)
             print(f"qnf: wrote {write_conflist(args.conf_dir, doc)}")
         return 0
+    if args.command == "docker-plugin":
+        from docker_plugin.__main__ import main as docker_plugin
+
+        if args.socket is not None:
+            settings = settings.model_copy(update={"docker_plugin_socket": args.socket})
+        return docker_plugin(settings)
     if args.command == "bootstrap":
         return asyncio.run(_bootstrap(settings))
     return asyncio.run(_up(settings))

@@ -109,11 +109,25 @@ class Supervisor:
             child = Child(name, [sys.executable, "-m", f"services.{name}"])
             self.children.append(child)
             await self._spawn(child, env)
+        if self.settings.docker_plugin:
+            # Docker's network driver: a translator onto vnet's node commands, supervised alike.
+            child = Child("docker-plugin", [sys.executable, "-m", "docker_plugin"])
+            self.children.append(child)
+            await self._spawn(child, env)
         for child in self.children:
             self._tasks.append(asyncio.create_task(self._watch(child, env)))
         self._tasks.append(asyncio.create_task(self._watch_nats()))
         self._tasks.append(asyncio.create_task(self._renew_loop()))
         await self._wait_for_services()
+        if self.settings.docker_plugin:
+            await self._wait_for_socket(self.settings.docker_plugin_socket)
+
+    async def _wait_for_socket(self, path: Path, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        while not path.is_socket():
+            if time.monotonic() > deadline:
+                raise StartError(f"the Docker plugin did not create {path} in {timeout:.0f}s")
+            await asyncio.sleep(0.1)
 
     def _check_port_free(self) -> None:
         family = socket.AF_INET6 if ":" in self.settings.nats_host else socket.AF_INET
@@ -274,6 +288,8 @@ class Supervisor:
         d = pki.identity_dir(admin)
         ctx = self.settings.state_dir / "nats-context" / "qnf-admin.json"
         sub = "nats --context qnf-admin sub 'qnf.v1.evt.>'"
+        plugin = self.settings.docker_plugin_socket
+        docker = [f"  docker:   driver {plugin.stem} on {plugin}"] if self.settings.docker_plugin else []
         return "\n".join(
             [
                 f"qnf: fabric up on node {self.settings.node} (trust domain {self.settings.trust_domain})",
@@ -283,6 +299,7 @@ class Supervisor:
                 f"  admin:    cert {d / 'tls.crt'} key {d / 'tls.key'} ca {pki.ca_cert_path}",
                 f"  nats CLI: cp {ctx} ~/.config/nats/context/ && {sub}",
                 f"  services: {', '.join(SERVICES)} (nats --context qnf-admin micro ls)",
+                *docker,
                 "  stop:     Ctrl-C or SIGTERM",
             ]
         )

@@ -66,6 +66,7 @@ from services.vnet.core.names import (
     default_endpoint_name,
     endpoint_id,
     endpoint_mac,
+    handoff_veth_name,
     host_veth_name,
 )
 from services.vnet.core.networks import apply_update, build_network, same_spec
@@ -279,7 +280,7 @@ class VnetActor:
             if existing.value.request_id == req.request_id:
                 return existing.value  # the retry of a request that already succeeded
             raise Conflict(f"container {req.container_id} already has interface {req.ifname} attached")
-        if not os.path.exists(req.netns):
+        if not req.handoff and not os.path.exists(req.netns):
             raise InvalidRequest(f"network namespace {req.netns} does not exist")
         network = await self._network(req.network)
         requested = {a.version: a for a in req.ips}
@@ -323,6 +324,7 @@ class VnetActor:
                 port_mappings=req.port_mappings,
                 named_ports=req.named_ports,
                 created_ms=_now_ms(),
+                handoff_ifname=handoff_veth_name(eid) if req.handoff else None,
             )
             phase = time.perf_counter()
             await self._dp.ensure_bridge(bridge_plan(network))
@@ -569,9 +571,18 @@ class VnetActor:
         for record in mine:
             endpoint = record.value
             network = networks.get(endpoint.network)
-            if network is None or not os.path.exists(endpoint.netns):
+            # A handed-off container end lives where only the runtime knows: the pair is stale
+            # once its host end is gone, and cannot be rebuilt from here.
+            handed_off = endpoint.handoff_ifname is not None
+            if handed_off:
+                gone = endpoint.host_ifname not in links.veths
+            else:
+                gone = not os.path.exists(endpoint.netns)
+            if network is None or gone:
                 await self._detach(endpoint, record.revision)
                 fixes.append(("stale_endpoint", endpoint.endpoint_id))
+                continue
+            if handed_off:
                 continue
             plan = veth_plan(network, endpoint)
             if not await self._dp.veth_healthy(plan):

@@ -177,6 +177,9 @@ class PyrouteDataplane:
 
     def add_veth(self, plan: VethPlan) -> None:
         """Create the pair with its peer directly in the container's netns, configure both ends."""
+        if plan.handoff is not None:
+            self._add_handoff_veth(plan)
+            return
         if not os.path.exists(plan.netns):
             raise InvalidRequest(f"network namespace {plan.netns} does not exist")
         bridge = self._index(self._ipr, plan.bridge)
@@ -204,6 +207,29 @@ class PyrouteDataplane:
                 assert host is not None
                 self._ipr.link("set", index=host, master=bridge, mtu=plan.mtu, state="up")
                 self._hairpin(host)
+
+    def _add_handoff_veth(self, plan: VethPlan) -> None:
+        """The pair with both ends here: the runtime moves the peer and gives it its addresses.
+
+        Docker creates a container's namespace only after the driver's Join has answered, so the
+        peer cannot be put there now; Docker moves `plan.handoff` in and renames it itself.
+        """
+        assert plan.handoff is not None
+        bridge = self._index(self._ipr, plan.bridge)
+        if bridge is None:
+            raise AdapterError(f"bridge {plan.bridge} is missing")
+        with _netlink(f"creating veth {plan.host_ifname}"):
+            self._ipr.link(
+                "add",
+                ifname=plan.host_ifname,
+                kind="veth",
+                peer={"ifname": plan.handoff, "address": plan.mac, "mtu": plan.mtu},
+            )
+        with _netlink(f"attaching {plan.host_ifname} to {plan.bridge}"):
+            host = self._index(self._ipr, plan.host_ifname)
+            assert host is not None
+            self._ipr.link("set", index=host, master=bridge, mtu=plan.mtu, state="up")
+            self._hairpin(host)
 
     def _hairpin(self, port: int) -> None:
         """Let the bridge send a frame back out the port it came in on.

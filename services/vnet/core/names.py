@@ -26,11 +26,14 @@ def bridge_name(network: str) -> str:
     return f"{BRIDGE_PREFIX}{_digest('bridge', network)[:8]}"
 
 
-
-
 def host_veth_name(endpoint: str) -> str:
     """`q<10 hex>`: the host end of an endpoint's veth pair."""
     return f"q{endpoint[:10]}"
+
+
+def handoff_veth_name(endpoint: str) -> str:
+    """`h<10 hex>`: a handed-off container end while it waits in the node's namespace."""
+    return f"h{endpoint[:10]}"
 
 
 def bridge_mac(network: str) -> str:

@@ -36,6 +36,7 @@ class VethPlan:
     mtu: int
     addresses: tuple[Interface, ...]
     gateways: tuple[IPv4Address | IPv6Address, ...]
+    handoff: str | None = None  # leave the container end in the node's namespace, under this name
 
 
 def bridge_plan(network: Network) -> BridgePlan:
@@ -55,4 +56,5 @@ def veth_plan(network: Network, endpoint: Endpoint) -> VethPlan:
         mtu=endpoint.mtu,
         addresses=tuple(endpoint.addresses),
         gateways=tuple(endpoint.gateways),
+        handoff=endpoint.handoff_ifname,
     )

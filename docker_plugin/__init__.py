@@ -1,0 +1,1 @@
+"""Docker network driver plugin (libnetwork remote driver) onto the fabric's node commands."""
