@@ -8,6 +8,7 @@ from libs.common.messages import Endpoint, Network, Policy
 from libs.common.service import Context
 from libs.common.service import main as run_main
 from services.firewall.actor import FirewallActor
+from services.firewall.adapters.conntrack import NetlinkConntrack
 from services.firewall.adapters.nft import LibNftables
 
 
@@ -18,6 +19,7 @@ async def build(ctx: Context) -> FirewallActor:
         networks=await ctx.bus.kv("qnf-networks", Network),
         endpoints=await ctx.bus.kv("qnf-endpoints", Endpoint),
         nft=LibNftables(),
+        conntrack=NetlinkConntrack(),
     )
 
 

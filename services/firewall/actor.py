@@ -34,6 +34,7 @@ from libs.common.errors import Conflict, InvalidRequest, NotFound, PolicyRejecte
 from libs.common.ids import node_subject
 from libs.common.kv import TypedKV
 from libs.common.messages import (
+    ConnectionsCut,
     Empty,
     Endpoint,
     EndpointEnforce,
@@ -54,12 +55,14 @@ from libs.common.messages import (
 )
 from libs.common.metrics import LATENCY_BUCKETS
 from libs.common.service import Context
+from services.firewall.adapters.conntrack import ConntrackTable
 from services.firewall.adapters.nft import Nft
 from services.firewall.core import k8s
 from services.firewall.core.compiler import FAMILY, TABLE, Compiled, compile_model, group_chains, group_sets
 from services.firewall.core.explain import explain
 from services.firewall.core.keys import policy_key, ref_key
-from services.firewall.core.model import build
+from services.firewall.core.model import Model, build
+from services.firewall.core.revoke import PROTOCOL_NAMES, flows_to_cut
 from services.firewall.core.validate import validate
 
 log = logging.getLogger("qnf.firewall")
@@ -67,6 +70,7 @@ log = logging.getLogger("qnf.firewall")
 DRIFT_CHECK_S = 10.0
 RETRY_MAX_S = 30.0
 CONVERGENCE_TRACK_S = 60.0  # a change not acked everywhere by then counts as incomplete
+CUT_EVENTS_MAX = 100  # per change: every cut is counted, the first ones are also events
 
 
 class SyncStatus(Message):
@@ -96,6 +100,7 @@ class FirewallActor:
         networks: TypedKV[Network],
         endpoints: TypedKV[Endpoint],
         nft: Nft,
+        conntrack: ConntrackTable | None = None,
     ) -> None:
         self._bus = ctx.bus
         self._node = ctx.settings.node
@@ -103,6 +108,7 @@ class FirewallActor:
         self._networks_kv = networks
         self._endpoints_kv = endpoints
         self._nft = nft
+        self._conntrack = conntrack
         self.known_networks: dict[str, Network] = {}
         self.known_endpoints: dict[str, Endpoint] = {}
         self.known_policies: dict[str, Policy] = {}
@@ -140,6 +146,11 @@ class FirewallActor:
             registry=r,
         )
         self._trackers: set[asyncio.Task[None]] = set()
+        self._cuts = Counter(
+            "qnf_firewall_connections_cut_total",
+            "Established flows cut because a change denies them",
+            registry=r,
+        )
 
     def endpoints(self) -> list[BusEndpoint[Any, Any]]:
         def policy_key_of(_: Message) -> str:
@@ -184,6 +195,8 @@ class FirewallActor:
             task.cancel()
         await asyncio.gather(*self._tasks, *self._trackers, return_exceptions=True)
         await self._nft.close()
+        if self._conntrack is not None:
+            await self._conntrack.close()
 
     # ------------------------------------------------------------------ desired state
 
@@ -249,7 +262,8 @@ class FirewallActor:
             return False
         policy_seen, endpoint_seen = self._policy_seen, dict(self._endpoint_seen)
         local = [e for e in self.known_endpoints.values() if e.node == self._node]
-        compiled = compile_model(self.model(node=self._node), local)
+        model = self.model(node=self._node)
+        compiled = compile_model(model, local)
         started = time.perf_counter()
         if self._applied is None or self._applied.structure_digest() != compiled.structure_digest():
             await self._nft.apply(compiled.full())
@@ -262,10 +276,38 @@ class FirewallActor:
         self._apply_seconds.labels(kind).observe(time.perf_counter() - started)
         self._applied = compiled
         self._applied_revision = revision
+        await self._revoke(model, policy_seen)
         self._enforced(policy_seen, endpoint_seen)
         self._elements.set(sum(len(v) for v in compiled.elements.values()))
         self._rules.set(sum(1 for c in compiled.structure if "rule" in c.get("add", {})))
         return True
+
+    async def _revoke(self, model: Model, policy_revision: int) -> None:
+        """Cut the established flows the new ruleset denies (conntrack would let them pass)."""
+        if self._conntrack is None:
+            return
+        try:
+            tracked = await self._conntrack.flows()
+            doomed = set(flows_to_cut(model, list(self.known_policies.values()), (f for f, _ in tracked)))
+            if not doomed:
+                return
+            cut = await self._conntrack.delete([h for f, h in tracked if f in doomed])
+        except QnfError as exc:
+            log.error("revoking established flows failed: %s", exc)
+            return
+        self._cuts.inc(cut)
+        now = int(time.time() * 1000)
+        for flow in sorted(doomed)[:CUT_EVENTS_MAX]:
+            event = ConnectionsCut(
+                node=self._node,
+                source=flow.source,
+                destination=flow.destination,
+                protocol=PROTOCOL_NAMES.get(flow.proto, str(flow.proto)),
+                port=flow.port,
+                policy_revision=policy_revision,
+                ts_ms=now,
+            )
+            self._bus.emit("connection.cut", event)
 
     def _enforced(self, policy_revision: int, endpoints: dict[str, int]) -> None:
         """The kernel now enforces these revisions: wake every waiter to look again."""

@@ -28,12 +28,41 @@ from tests.netns.test_cni import exec_plugin, net_config
 CMD = "qnf.v1.cmd"
 NODE_CMD = "qnf.v1.node.n1"
 UDP_PORT = 9999
+ECHO_PORT = 7000
+
+# A long-lived TCP connection that sends a byte every 20 ms for `seconds` and prints the wall
+# clock of every echo, so a test can see when its packets stopped passing.
+STREAMER = """
+import json, socket, sys, time
+host, port, seconds = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
+c = socket.create_connection((host, port), timeout=2); c.settimeout(0.02)
+print('connected', flush=True)
+echoes = []
+end = time.monotonic() + seconds
+while time.monotonic() < end:
+    try:
+        c.sendall(b'x')
+    except OSError:
+        pass
+    try:
+        if c.recv(64):
+            echoes.append(time.time())
+    except OSError:
+        pass
+    time.sleep(0.02)
+print(json.dumps(echoes), flush=True)
+"""
 
 SERVER = f"""
 import asyncio
 async def main():
     for port in (80, 5432):
         await asyncio.start_server(lambda r, w: w.close(), '0.0.0.0', port)
+    async def echo(r, w):
+        while data := await r.read(64):
+            w.write(data)
+            await w.drain()
+    await asyncio.start_server(echo, '0.0.0.0', {ECHO_PORT})
     class Echo(asyncio.DatagramProtocol):
         def connection_made(self, t): self.t = t
         def datagram_received(self, data, addr): self.t.sendto(data, addr)
@@ -299,3 +328,70 @@ def test_add_is_undone_when_the_firewall_does_not_confirm(env: Env) -> None:
         subprocess.run(["ip", "-n", space, "-o", "link"], capture_output=True, text=True).stdout.count("eth0")
         == 0
     )
+
+
+def stream(space: str, host: str, seconds: float) -> subprocess.Popen[str]:
+    proc = subprocess.Popen(
+        [
+            "nsenter",
+            f"--net=/run/netns/{space}",
+            sys.executable,
+            "-c",
+            STREAMER,
+            host,
+            str(ECHO_PORT),
+            str(seconds),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None and proc.stdout.readline().strip() == "connected"
+    return proc
+
+
+def echo_times(proc: subprocess.Popen[str]) -> list[float]:
+    assert proc.stdout is not None
+    out = json.loads(proc.stdout.readline())
+    proc.wait(10)
+    proc.stdout.close()
+    return out  # type: ignore[no-any-return]
+
+
+@pytest.mark.parametrize("keep", [False, True], ids=["cut", "kept"])
+def test_a_change_that_denies_an_established_connection_cuts_it(env: Env, keep: bool) -> None:
+    app = f"tcp-{'keep' if keep else 'cut'}"
+    space, ip = env.containers.attach(env.gw, "zt", app, labels={"app": app})
+
+    def allow(ports: list[int]) -> int:
+        spec = {
+            "name": f"{app}-out",
+            "network": "zt",
+            "endpointSelector": {"matchLabels": {"app": app}},
+            "policyTypes": ["Egress"],
+            "egress": [{"ports": [{"port": p} for p in ports]}],
+            "keepEstablished": keep,
+        }
+        verb = "update" if ports != [ECHO_PORT] else "create"
+        return env.gw.call(f"{CMD}.firewall.policy.{verb}", spec)["revision"]  # type: ignore[no-any-return]
+
+    assert wait_policy(env, allow([ECHO_PORT]))["complete"]
+    proc = stream(space, env.srv_ip, 3.0)
+    time.sleep(1.0)
+    revision = allow([80])  # the flow in progress is now denied to new connections
+    changed = time.time()
+    assert wait_policy(env, revision)["complete"]
+    times = echo_times(proc)
+    before = [t for t in times if t < changed]
+    after = [t for t in times if t >= changed]
+    assert len(before) > 20, times
+    if keep:
+        assert after and after[-1] > changed + 1.5, after  # keepEstablished: it runs on
+    else:
+        assert not after or after[-1] < changed + 1.0, after  # cut within one second
+        cuts = [
+            e
+            for e in env.gw.events("qnf.v1.evt.firewall.connection.cut")
+            if e["source"] == ip and e["destination"] == env.srv_ip and e["port"] == ECHO_PORT
+        ]
+        assert len(cuts) == 1 and cuts[0]["protocol"] == "TCP", cuts
+    env.gw.call(f"{CMD}.firewall.policy.delete", {"name": f"{app}-out", "network": "zt"})

@@ -363,6 +363,10 @@ class NodeClient:
         assert "revision" in out, out
         return out["revision"]  # type: ignore[no-any-return]
 
+    def events(self, subject: str, quiet: float = 1.0) -> list[dict]:  # type: ignore[type-arg]
+        """Bodies of the events QNF_EVENTS retains on `subject` (wildcards allowed)."""
+        return self._send({"events": subject, "quiet": quiet})["events"]  # type: ignore[no-any-return]
+
     def kv_delete(self, bucket: str, key: str) -> None:
         assert self._send({"kv_delete": bucket, "key": key}) == {"deleted": True}
 

@@ -9,6 +9,7 @@ signed requests as JSON lines:
     {"kv_keys": BUCKET}                                      -> {"keys": [...]}      (admin only)
     {"kv_put": BUCKET, "key": K, "model": M, "value": {...}} -> {"revision": N}      (admin only)
     {"kv_delete": BUCKET, "key": K}                          -> {"deleted": true}    (admin only)
+    {"events": SUBJECT, "quiet": 1.0}                        -> {"events": [{...}]}  (retained, until quiet)
 
 Run: python -m libs.common.testing.nodeclient STATE_DIR SPIFFE_ID
 """
@@ -21,6 +22,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import nats.errors
 import nats.js.errors
 from pydantic import BaseModel, ConfigDict
 
@@ -28,7 +30,7 @@ from libs.common import messages
 from libs.common.bus import Bus
 from libs.common.config import load_settings
 from libs.common.errors import QnfError
-from libs.common.ids import SpiffeId
+from libs.common.ids import EVENTS_STREAM, SpiffeId
 
 
 class _Json(BaseModel):
@@ -72,6 +74,20 @@ async def main(state_dir: str, uri: str) -> None:
             elif "kv_delete" in item:
                 await (await bus.kv(item["kv_delete"], _Json)).delete(item["key"])
                 out = {"deleted": True}
+            elif "events" in item:  # what QNF_EVENTS holds for a subject, read as a subscriber would
+                sub = await bus.nc.jetstream().subscribe(
+                    item["events"], stream=EVENTS_STREAM, ordered_consumer=True
+                )
+                got: list[Any] = []
+                try:
+                    while True:
+                        msg = await sub.next_msg(timeout=item.get("quiet", 1.0))
+                        got.append(json.loads(msg.data))
+                except nats.errors.TimeoutError:
+                    pass
+                finally:
+                    await sub.unsubscribe()
+                out = {"events": got}
             elif "batch" in item:
                 out = {"replies": await asyncio.gather(*(_one(bus, i) for i in item["batch"]))}
             else:
