@@ -281,6 +281,16 @@ class Gateway:
             )
         except TimeoutError as exc:
             raise Unavailable(f"{op.service} did not answer {op.name} in time") from exc
+        except Unavailable as exc:
+            # Nobody listens on another node's subject: most likely a node that does not exist.
+            # This node's own agents are known to exist, so silence there stays "unavailable".
+            if (
+                op.scope == "node"
+                and node != self.node
+                and isinstance(exc.__cause__, nats.errors.NoRespondersError)
+            ):
+                raise NotFound(f"node {node}: no {op.service} agent answers there (unknown or down)") from exc
+            raise
 
     async def _local(
         self, principal: Principal, op: Operation, request: BaseModel, precondition: int | None

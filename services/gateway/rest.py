@@ -71,7 +71,7 @@ from libs.common.messages import (
 )
 from services.gateway.api import AuthError, Gateway, Principal
 from services.gateway.core import statuses
-from services.gateway.core.operations import EVENTS_ROLE, METRICS_ROLE
+from services.gateway.core.operations import EVENTS_ROLE, METRICS_ROLE, operation
 from services.gateway.core.pagination import DEFAULT_LIMIT, MAX_LIMIT, BadCursor, paginate
 from services.gateway.core.ratelimit import RateLimiter, retry_after_header
 
@@ -525,7 +525,7 @@ def create_app(
         reply = await call(request, who, "policy.update", spec, precondition=parse_if_match(if_match))
         return with_etag(response, reply)
 
-    @app.delete("/v1/policies/{name}", response_model=Removed, tags=["policies"])
+    @app.delete("/v1/policies/{name}", response_model=operation("policy.delete").reply, tags=["policies"])
     async def delete_policy(
         request: Request, who: Caller, name: Name, network: NetName | None = None, if_match: IfMatch = None
     ) -> Any:
