@@ -55,7 +55,7 @@ def test_docker_mtu_option_is_honoured() -> None:
 
 
 def test_null_ipam_takes_the_subnet_from_options() -> None:
-    null = {"IPv4Data": [{"AddressSpace": "null", "Pool": "0.0.0.0/0"}]}
+    null: dict[str, Any] = {"IPv4Data": [{"AddressSpace": "null", "Pool": "0.0.0.0/0"}]}
     spec = p.network_spec(_net({"qnf.subnet": "10.80.0.0/16", "qnf.gateway": "10.80.0.254"}, **null))
     assert str(spec.subnet) == "10.80.0.0/16" and str(spec.gateway) == "10.80.0.254"
     with pytest.raises(p.DriverError, match="no IPv4 subnet"):
@@ -106,9 +106,12 @@ def test_endpoint_add_is_a_handoff_with_dockers_address() -> None:
         {"Proto": 17, "IP": "", "Port": 53, "HostIP": "127.0.0.1", "HostPort": 5353, "HostPortEnd": 5353},
         {"Proto": 6, "IP": "", "Port": 9000, "HostIP": "", "HostPort": 0, "HostPortEnd": 0},
     ]
-    add = p.endpoint_add(
-        _ep(**{"com.docker.network.portmap": portmap, "qnf.name": "web", "qnf.label.app": "web"}), "blue"
-    )
+    options: dict[str, Any] = {
+        "com.docker.network.portmap": portmap,
+        "qnf.name": "web",
+        "qnf.label.app": "web",
+    }
+    add = p.endpoint_add(_ep(None, **options), "blue")
     assert add.handoff and add.netns == "" and add.container_id == EID and add.ifname == "eth0"
     assert add.ips == [ip_address("10.70.0.2")] and add.mac is None and add.network == "blue"
     assert add.name == "web" and add.labels == {"app": "web"}
