@@ -463,9 +463,17 @@ def test_docker_containers_on_a_qnf_network(
     answer = docker("exec", "client", "nslookup", web_name, "10.92.0.1").stdout
     assert f"Address: {web_ip}" in answer or f"Address 1: {web_ip}" in answer, answer
 
+    # `docker network connect --driver-opt`: Docker's only way to hand a driver a name and labels.
+    docker("network", "create", "-d", driver, "--subnet", "10.93.0.0/24", "-o", "qnf.name=dkside", "dkside")
+    opts = ["--driver-opt", "qnf.name=webside", "--driver-opt", "qnf.label.app=web"]
+    docker("network", "connect", *opts, "dkside", "web")
+    side = admin.call("qnf.v1.node.n1.vnet.endpoint.list", {"network": "dkside"})["endpoints"]
+    assert [(e["name"], e["labels"]) for e in side] == [("webside", {"app": "web"})]
+    assert "10.93.0." in docker("exec", "web", "ip", "addr").stdout
+
     docker("rm", "-f", "web", "client")
-    docker("network", "rm", "dknet")
-    assert "dknet" not in _networks(admin)
+    docker("network", "rm", "dknet", "dkside")
+    assert not {"dknet", "dkside"} & set(_networks(admin))
     assert admin.kv_keys("qnf-ipam") == [] and admin.kv_keys("qnf-endpoints") == []
     links = _links(fabric)
     assert _ours(links) == set() and net["bridge"] not in links
