@@ -40,6 +40,7 @@ COPY libs libs
 COPY services services
 COPY cni cni
 COPY fabric fabric
+COPY docker_plugin docker_plugin
 RUN pip install --no-cache-dir --disable-pip-version-check --no-deps . \
  && qnf --help >/dev/null \
  && nats-server --version

@@ -296,7 +296,7 @@ def test_the_image_installs_every_package_of_the_project() -> None:
     pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
     packages = {p.rstrip("*") for p in pyproject["tool"]["setuptools"]["packages"]["find"]["include"]}
     copied = {arg.split()[0] for instr, arg in instructions if instr == "COPY"}
-    assert packages == {"libs", "services", "cni", "fabric"}
+    assert packages == {"libs", "services", "cni", "fabric", "docker_plugin"}
     assert packages | {"pyproject.toml"} <= copied, f"not copied into the image: {packages - copied}"
     assert any(instr == "RUN" and re.search(r"pip install\b.* \.(\s|$)", arg) for instr, arg in instructions)
     ignored = (ROOT / ".dockerignore").read_text().split()
