@@ -2,6 +2,7 @@
 
 qnf up        start the whole fabric on this node (CA and identities on first run)
 qnf init      only prepare: CA, identities, nats-server config, NATS CLI contexts
+qnf network|endpoint|policy|service|port|token|events   the REST API (fabric.cli)
 qnf docker-plugin   Docker's network driver (what `up` runs when `docker_plugin` is set)
 """
 
@@ -83,12 +84,17 @@ def main(argv: list[str] | None = None) -> int:
     )
     docker = sub.add_parser("docker-plugin", help="serve Docker's network driver protocol (foreground)")
     docker.add_argument("--socket", type=Path, help="default /run/docker/plugins/qnf.sock: driver `qnf`")
+    from fabric import cli
+
+    cli.add_commands(sub)
     args = parser.parse_args(argv)
     try:
         settings = _settings(args)
     except (ValidationError, ValueError) as exc:
         print(f"qnf: error: bad configuration: {exc}".replace("\n", " "), file=sys.stderr)
         return 2
+    if args.command in cli.COMMANDS:
+        return cli.run(args, settings)
     setup_logging(settings.log_level, service="supervisor", node=settings.node)
     if args.command == "init":
         from fabric.node import prepare

@@ -12,6 +12,8 @@ import json
 import os
 import signal
 import ssl
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -669,3 +671,92 @@ def test_schemathesis_no_5xx_and_responses_conform(inside: FabricNode, admin: ht
         run()
         ran += 1
     assert ran >= 20
+
+
+# ---------------------------------------------------------------------- the qnf command line
+
+
+def _qnf(fabric: FabricNode, token: str, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    # Runs in the node namespace: a child inherits the namespace this test thread entered.
+    env = {**os.environ, "QNF_URL": BASE, "QNF_TOKEN": token, "QNF_CA": str(fabric.state / "pki" / "ca.crt")}
+    proc = subprocess.run([str(QNF), *args], capture_output=True, text=True, env=env, timeout=60)
+    if check:
+        assert proc.returncode == 0, proc.stderr
+    return proc
+
+
+QNF = Path(sys.executable).parent / "qnf"
+
+
+def test_cli_drives_the_api(inside: FabricNode, admin: httpx.Client, tmp_path: Path) -> None:
+    root = admin.headers["authorization"].split()[1]
+    operator = _qnf(inside, root, "token", "create", "cli-op", "--role", "operator").stdout.strip()
+    assert tokens.parse(operator) is not None
+    net = _uniq("cli")
+    table = _qnf(
+        inside, operator, "network", "create", net, "--subnet", _subnet(), "--label", "env=test"
+    ).stdout
+    assert table.splitlines()[0].split()[:2] == ["NAME", "SUBNET"] and net in table
+    listed = json.loads(_qnf(inside, operator, "network", "ls", "-o", "json").stdout)
+    assert net in [n["name"] for n in listed]
+    assert json.loads(_qnf(inside, operator, "network", "inspect", net).stdout)["labels"] == {"env": "test"}
+    bad = _qnf(inside, operator, "network", "create", _uniq("x"), "--subnet", "10.0.0.0/99", check=False)
+    assert bad.returncode == 1 and "body.subnet" in bad.stderr and "422" in bad.stderr
+
+    follow = subprocess.Popen(
+        [str(QNF), "events", "-o", "json"],
+        stdout=subprocess.PIPE,
+        text=True,
+        env={
+            **os.environ,
+            "QNF_URL": BASE,
+            "QNF_TOKEN": operator,
+            "QNF_CA": str(inside.state / "pki" / "ca.crt"),
+        },
+    )
+    try:
+        time.sleep(1.5)  # the follower subscribes
+        policy = tmp_path / "p.yaml"
+        policy.write_text(_K8S_POLICY)
+        applied = _qnf(inside, operator, "policy", "apply", "-f", str(policy), "--network", net).stdout
+        assert "web-allow" in applied
+        assert _qnf(inside, operator, "policy", "apply", "-f", str(policy), "--network", net).returncode == 0
+        spec = tmp_path / "p.json"
+        spec.write_text(json.dumps({"name": "json-pol", "network": net, "ingress": [{}]}))
+        _qnf(inside, operator, "policy", "apply", "-f", str(spec))
+        spec.write_text(json.dumps({"name": "json-pol", "network": net, "ingress": []}))
+        _qnf(inside, operator, "policy", "apply", "-f", str(spec))  # exists: updated
+        got = json.loads(_qnf(inside, operator, "policy", "get", "json-pol", "--network", net).stdout)
+        assert got["ingress"] == []
+        assert "web-allow" in _qnf(inside, operator, "policy", "ls", "--network", net).stdout
+        verdict = _qnf(
+            inside, operator, "policy", "explain", "--from", "10.1.0.2", "--to", "10.1.0.3", "--port", "80"
+        )
+        assert verdict.stdout.startswith(("ALLOWED", "DENIED"))
+        _qnf(inside, operator, "service", "create", "db", "--network", net, "--selector", "app=db")
+        assert "db" in _qnf(inside, operator, "service", "ls", "--network", net).stdout
+        assert "removed" in _qnf(inside, operator, "service", "rm", "db", "--network", net).stdout
+        assert "removed" in _qnf(inside, operator, "policy", "rm", "web-allow", "--network", net).stdout
+        _qnf(inside, operator, "policy", "rm", "json-pol", "--network", net)
+        assert _qnf(inside, operator, "endpoint", "ls").stdout.startswith("CONTAINER")
+        # The operator may not manage tokens; the admin may.
+        denied = _qnf(inside, operator, "token", "ls", check=False)
+        assert denied.returncode == 1 and "403" in denied.stderr
+        op_id = operator.split("_")[1]
+        assert op_id in _qnf(inside, root, "token", "ls").stdout
+        assert "removed" in _qnf(inside, operator, "network", "rm", net).stdout
+        line = ""
+        deadline = time.monotonic() + 10
+        assert follow.stdout is not None
+        while time.monotonic() < deadline:
+            line = follow.stdout.readline()
+            if '"qnf.v1.evt.vnet.network.deleted"' in line and net in line:
+                break
+        assert net in line, "qnf events did not show the network's deletion"
+    finally:
+        follow.terminate()
+        follow.wait(10)
+        if follow.stdout is not None:
+            follow.stdout.close()
+    assert "revoked" in _qnf(inside, root, "token", "revoke", op_id).stdout
+    assert _qnf(inside, operator, "network", "ls", check=False).returncode == 1
