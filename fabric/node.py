@@ -116,13 +116,14 @@ GATEWAY_SERVER_CERT = "gateway-server"
 
 
 def renew_gateway_server(settings: Settings, ca: CertificateAuthority, *, now: dt.datetime) -> bool:
-    """Issue the gateway's HTTPS certificate (`pki/gateway-server.crt`) for its listen address."""
+    """Issue the gateway's HTTPS and gRPC certificate (`pki/gateway-server.crt`) for its listen
+    address: ECDSA P-256, because gRPC's TLS (BoringSSL) does not sign handshakes with Ed25519."""
     hosts = {"localhost", "127.0.0.1", "::1"}
     if settings.gateway_host not in ("0.0.0.0", "::", ""):
         hosts.add(settings.gateway_host)
     lifetime = max(dt.timedelta(hours=settings.cert_lifetime_h), SERVER_LIFETIME)
     return PkiDirectory(settings.pki_dir).ensure_server(
-        ca, sorted(hosts), now=now, lifetime=lifetime, name=GATEWAY_SERVER_CERT
+        ca, sorted(hosts), now=now, lifetime=lifetime, name=GATEWAY_SERVER_CERT, key_type="p256"
     )
 
 

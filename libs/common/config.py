@@ -51,6 +51,7 @@ class Settings(BaseSettings):
         9460, ge=0, le=65535, description="service i listens on base+i; 0: ephemeral"
     )
     gateway_port: int = Field(8480, ge=0, le=65535, description="REST API port; 0: ephemeral")
+    gateway_grpc_port: int = Field(8481, ge=0, le=65535, description="gRPC API port; 0: ephemeral")
     gateway_host: str = Field("127.0.0.1", description="REST API listen address (in its certificate)")
     gateway_insecure_http: bool = Field(False, description="plain HTTP, for local development only")
     gateway_rate_per_s: float = Field(50.0, gt=0, description="requests a second per API identity")

@@ -19,12 +19,12 @@ import ipaddress
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Final
+from typing import Final, Literal
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ed25519, mldsa
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, mldsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from libs.common.ids import SpiffeId
@@ -34,7 +34,10 @@ CA_LIFETIME: Final = dt.timedelta(days=3650)
 RENEW_AT: Final = 2 / 3
 
 SigningKey = ed25519.Ed25519PrivateKey | mldsa.MLDSA65PrivateKey
-PublicKey = ed25519.Ed25519PublicKey | mldsa.MLDSA65PublicKey
+PublicKey = ed25519.Ed25519PublicKey | mldsa.MLDSA65PublicKey | ec.EllipticCurvePublicKey
+# A server's key: Ed25519, or ECDSA P-256 for TLS stacks that do not sign with Ed25519 (gRPC's
+# BoringSSL refuses Ed25519 handshake signatures; the chain may still be signed by the Ed25519 CA).
+ServerKeyType = Literal["ed25519", "p256"]
 
 
 def fingerprint(cert: x509.Certificate) -> str:
@@ -68,7 +71,7 @@ def _write_public(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
-def _key_pem(key: SigningKey) -> bytes:
+def _key_pem(key: SigningKey | ec.EllipticCurvePrivateKey) -> bytes:
     return key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     )
@@ -127,10 +130,19 @@ class CertificateAuthority:
         return IdentityMaterial(identity, ed_key, ed_cert, pq_key, pq_cert)
 
     def issue_server(
-        self, hosts: list[str], *, now: dt.datetime, lifetime: dt.timedelta
-    ) -> tuple[ed25519.Ed25519PrivateKey, x509.Certificate]:
-        """Issue the NATS server's TLS certificate for the given host names and addresses."""
-        key = ed25519.Ed25519PrivateKey.generate()
+        self,
+        hosts: list[str],
+        *,
+        now: dt.datetime,
+        lifetime: dt.timedelta,
+        key_type: ServerKeyType = "ed25519",
+    ) -> tuple[ed25519.Ed25519PrivateKey | ec.EllipticCurvePrivateKey, x509.Certificate]:
+        """Issue a server's TLS certificate for the given host names and addresses."""
+        key: ed25519.Ed25519PrivateKey | ec.EllipticCurvePrivateKey = (
+            ec.generate_private_key(ec.SECP256R1())
+            if key_type == "p256"
+            else ed25519.Ed25519PrivateKey.generate()
+        )
         names: list[x509.GeneralName] = []
         for host in hosts:
             try:
@@ -349,16 +361,19 @@ class PkiDirectory:
         now: dt.datetime,
         lifetime: dt.timedelta,
         name: str = "server",
+        key_type: ServerKeyType = "ed25519",
     ) -> bool:
         """Issue a server certificate (`<name>.crt`, `<name>.key`; default the NATS server's) when
-        missing, due for renewal or not naming every host; True if (re)issued."""
+        missing, due for renewal, not naming every host or of another key type; True if (re)issued."""
         cert_path, key_path = self.root / f"{name}.crt", self.root / f"{name}.key"
         if cert_path.exists() and key_path.exists():
             cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
             start = cert.not_valid_before_utc
-            if now < start + (cert.not_valid_after_utc - start) * RENEW_AT and _names_all(cert, hosts):
+            same_type = isinstance(cert.public_key(), ec.EllipticCurvePublicKey) == (key_type == "p256")
+            fresh = now < start + (cert.not_valid_after_utc - start) * RENEW_AT
+            if fresh and same_type and _names_all(cert, hosts):
                 return False
-        key, cert = ca.issue_server(hosts, now=now, lifetime=lifetime)
+        key, cert = ca.issue_server(hosts, now=now, lifetime=lifetime, key_type=key_type)
         _write_private(key_path, _key_pem(key))
         _write_public(cert_path, _cert_pem(cert))
         return True

@@ -1,0 +1,1 @@
+"""Generated gRPC stubs of the gateway API live below; see scripts/gen-proto."""
