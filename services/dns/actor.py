@@ -13,9 +13,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from prometheus_client import Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily
+from prometheus_client.registry import Collector
 
 from libs.common.bus import Endpoint as BusEndpoint
 from libs.common.errors import Conflict, InvalidRequest, NotFound
@@ -75,7 +78,8 @@ class DnsActor:
         self._tasks: list[asyncio.Task[None]] = []
         self._loop: asyncio.AbstractEventLoop | None = None
         r = ctx.registry
-        self._queries = Counter("qnf_dns_queries_total", "Queries answered", ["qtype", "rcode"], registry=r)
+        self._retired_counts: dict[int, int] = {}  # of listeners that have stopped
+        r.register(_QueryCounter(self._query_counts))
         self._latency = Histogram(
             "qnf_dns_query_seconds",
             "Time to answer a query",
@@ -186,7 +190,10 @@ class DnsActor:
             if net.gateway6 is not None:
                 wanted[str(net.gateway6)] = net.name
         for address in set(self._udp) - set(wanted):
-            self._udp.pop(address).stop()
+            gone = self._udp.pop(address)
+            gone.stop()
+            for key, n in dict(gone.counts).items():
+                self._retired_counts[key] = self._retired_counts.get(key, 0) + n
             await self._tcp.pop(address).stop()
         for address, network in wanted.items():
             if address in self._udp:
@@ -209,13 +216,15 @@ class DnsActor:
             self._udp[address], self._tcp[address] = udp, tcp
             log.info("answering on %s:53 for network %s", address, network)
 
-    def _observe(self, response: bytes | None, seconds: float) -> None:
-        if response is None or len(response) < 12:
-            return
-        self._queries.labels(
-            _QTYPES.get(_qtype_of(response), "other"), _RCODES.get(response[3] & 0x0F, "other")
-        ).inc()
+    def _observe(self, seconds: float) -> None:
         self._latency.observe(seconds)
+
+    def _query_counts(self) -> dict[int, int]:
+        totals = dict(self._retired_counts)
+        for listener in list(self._udp.values()):
+            for key, n in dict(listener.counts).items():  # a copy: the listener thread keeps counting
+                totals[key] = totals.get(key, 0) + n
+        return totals
 
     def _forward_udp(self, fwd: Forward, reply: Any) -> None:
         assert self._loop is not None
@@ -234,15 +243,18 @@ class DnsActor:
         return out
 
 
-def _qtype_of(response: bytes) -> int:
-    """The question type of a response (0 when it carries no question)."""
-    if response[4:6] == b"\x00\x00":
-        return 0
-    pos = 12
-    while pos < len(response) and response[pos] != 0:
-        if response[pos] & 0xC0:
-            pos += 1
-            break
-        pos += 1 + response[pos]
-    pos += 1
-    return int.from_bytes(response[pos : pos + 2], "big") if pos + 2 <= len(response) else 0
+class _QueryCounter(Collector):
+    """`qnf_dns_queries_total{qtype,rcode}` from the listeners' lock-free counts, read at scrape."""
+
+    def __init__(self, counts: Callable[[], dict[int, int]]) -> None:
+        self._counts = counts
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        family = CounterMetricFamily("qnf_dns_queries", "Queries answered", labels=["qtype", "rcode"])
+        merged: dict[tuple[str, str], int] = {}
+        for key, n in self._counts().items():
+            labels = (_QTYPES.get(key >> 4, "other"), _RCODES.get(key & 0x0F, "other"))
+            merged[labels] = merged.get(labels, 0) + n
+        for labels, n in sorted(merged.items()):
+            family.add_metric(list(labels), n)
+        yield family

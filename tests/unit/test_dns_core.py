@@ -173,3 +173,17 @@ def test_a_flooding_client_does_not_starve_others() -> None:
         limiter.allow("10.1.0.9", 0.5)
         and [limiter.allow("10.1.0.9", 0.5) for _ in range(60)].count(True) == 49
     )
+
+
+def test_the_limit_holds_only_while_someone_else_asks() -> None:
+    from services.dns.adapters.server import RateLimiter
+
+    limiter = RateLimiter(rate=100, burst=200)
+    assert all(limiter.admit("10.1.0.9", 0.0) for _ in range(1000))  # alone: nobody to starve
+    assert limiter.admit("10.1.0.2", 0.1)  # someone else asks: from now on, buckets hold
+    flood = [limiter.admit("10.1.0.9", 0.1) for _ in range(1000)]
+    assert flood.count(True) == 200
+    assert limiter.admit("10.1.0.2", 0.2)
+    # The flooder's next query meets the other's recent one: still held for a second, then alone.
+    assert [limiter.admit("10.1.0.9", 1.3) for _ in range(1000)].count(True) == 120  # 1.2 s of refill
+    assert all(limiter.admit("10.1.0.9", 2.4) for _ in range(1000))

@@ -134,19 +134,42 @@ def truncate(response: bytes, q: Question) -> bytes:
     return struct.pack("!HHHHHH", qid, flags | 0x0200, 1, 0, 0, 0) + q.raw_question
 
 
+EXACT_MAX: Final = 65536  # entries per network; a flood of distinct queries cannot grow it further
+
+Exact = dict[bytes, tuple[bytes, int]]
+
+
 class Answerer:
-    """Answers queries for one record store snapshot, with the wire cache on the fast path."""
+    """Answers queries for one record store snapshot, with the wire cache on the fast path.
+
+    Two levels: `exact(network)` maps a UDP query's bytes after its id to the response's bytes
+    after the id (plus the response's qtype/rcode key for the counters), so a repeated query
+    costs one dict lookup before the listener replies; below it, the template cache keyed by
+    the lower-cased question serves every letter case and id. Both die with the snapshot.
+    """
 
     def __init__(self, store: RecordStore) -> None:
         self.store = store
         self._cache: dict[tuple[str, str, int, int, bool], bytes] = {}
+        self._exact: dict[str, Exact] = {}
         self.hits = 0
+
+    def exact(self, network: str) -> Exact:
+        table = self._exact.get(network)
+        if table is None:
+            table = self._exact[network] = {}
+        return table
 
     def answer(self, network: str, packet: bytes, *, udp: bool) -> bytes | Forward | None:
         q = parse_fast(packet)
         if q is None:
             return self._slow(network, packet, udp=udp)
-        return self._answer(network, q, packet, udp=udp)
+        out = self._answer(network, q, packet, udp=udp)
+        if udp and isinstance(out, bytes):
+            table = self.exact(network)
+            if len(table) < EXACT_MAX:
+                table[bytes(packet[2:])] = (out[2:], stat_key(q.qtype, out))
+        return out
 
     def _answer(self, network: str, q: Question, packet: bytes, *, udp: bool) -> bytes | Forward | None:
         key = (network, q.name, q.qtype, q.qclass, q.edns is not None)
@@ -198,6 +221,25 @@ class Answerer:
             _pack_question(question),
         )
         return self._answer(network, q, packet, udp=udp)
+
+
+def stat_key(qtype: int, response: bytes) -> int:
+    """qtype and rcode in one int, the counters' key: qtype << 4 | rcode."""
+    return qtype << 4 | (response[3] & 0x0F)
+
+
+def qtype_of(response: bytes) -> int:
+    """The question type of a response (0 when it carries no question)."""
+    if response[4:6] == b"\x00\x00":
+        return 0
+    pos = 12
+    while pos < len(response) and response[pos] != 0:
+        if response[pos] & 0xC0:
+            pos += 1
+            break
+        pos += 1 + response[pos]
+    pos += 1
+    return int.from_bytes(response[pos : pos + 2], "big") if pos + 2 <= len(response) else 0
 
 
 def _pack_question(question: DNSQuestion) -> bytes:
