@@ -117,7 +117,7 @@ async def _bus(state: Path, n: int, concurrency: int) -> dict[str, tuple[float, 
                     NetworkSpec(name=f"b{i}", subnet=f"10.{100 + i // 250}.{i % 250}.0/24"),
                     Network,
                 ),
-            ),  # type: ignore[arg-type]
+            ),
             ("get", lambda i: (f"{cmd}.get", NetworkRef(name="b0"), Network)),
             ("list", lambda i: (f"{cmd}.list", Empty(), NetworkList)),
         ):
