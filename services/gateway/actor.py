@@ -1,4 +1,5 @@
-"""The gateway actor: serves the REST API (uvicorn, in this process) over the bus.
+"""The gateway actor: serves the REST API (uvicorn) and the gRPC API (grpc.aio), both in this
+process, over the bus.
 
 It answers no bus verbs of its own (the base endpoints only: diag.echo, nats micro); it is a
 client of the other services. `build` (in __main__) opens the token bucket and makes the
@@ -23,6 +24,7 @@ from libs.common.config import Settings
 from libs.common.pki import PkiDirectory
 from libs.common.service import Context, package_version
 from services.gateway.api import Gateway, open_gateway
+from services.gateway.grpc_server import GrpcApi, GrpcServer
 from services.gateway.rest import PEER_CERT, create_app
 
 log = logging.getLogger("qnf.gateway")
@@ -74,7 +76,9 @@ class GatewayActor:
         self._server: _Server | None = None
         self._task: asyncio.Task[None] | None = None
         self._reload: asyncio.Task[None] | None = None
+        self._grpc: GrpcServer | None = None
         self.port = 0
+        self.grpc_port = 0
 
     def endpoints(self) -> list[Endpoint[Any, Any]]:
         return []
@@ -116,8 +120,25 @@ class GatewayActor:
         if tls is not None:
             self._reload = asyncio.create_task(self._reload_certificate(tls))
         log.info("REST API listening", extra={"url": s.gateway_url.rsplit(":", 1)[0] + f":{self.port}"})
+        await self._start_grpc()
+
+    async def _start_grpc(self) -> None:
+        s = self._settings
+        root = PkiDirectory(s.pki_dir).root
+        self._grpc = GrpcServer(
+            GrpcApi(self.gateway, rate_per_s=s.gateway_rate_per_s, rate_burst=s.gateway_rate_burst),
+            host=s.gateway_host,
+            port=s.gateway_grpc_port,
+            cert=None if s.gateway_insecure_http else root / f"{SERVER_CERT}.crt",
+            key=None if s.gateway_insecure_http else root / f"{SERVER_CERT}.key",
+        )
+        await self._grpc.start()
+        self.grpc_port = self._grpc.port
+        log.info("gRPC API listening", extra={"address": f"{s.gateway_host}:{self.grpc_port}"})
 
     async def stop(self) -> None:
+        if self._grpc is not None:
+            await self._grpc.stop()
         if self._reload is not None:
             self._reload.cancel()
         if self._server is not None and self._task is not None:

@@ -8,10 +8,12 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class DeleteResponse(_message.Message):
-    __slots__ = ("existed",)
+    __slots__ = ("existed", "revision")
     EXISTED_FIELD_NUMBER: _ClassVar[int]
+    REVISION_FIELD_NUMBER: _ClassVar[int]
     existed: bool
-    def __init__(self, existed: _Optional[bool] = ...) -> None: ...
+    revision: int
+    def __init__(self, existed: _Optional[bool] = ..., revision: _Optional[int] = ...) -> None: ...
 
 class LabelSet(_message.Message):
     __slots__ = ("labels",)
