@@ -38,6 +38,7 @@ from libs.common.messages import (
     PolicyFilter,
     PolicyList,
     PolicyRef,
+    PolicyRemoved,
     PolicySpec,
     PolicyYaml,
     PortPublish,
@@ -56,11 +57,6 @@ from libs.common.messages import (
     TokenRef,
     Verdict,
 )
-
-try:  # policy.delete answers with the revision of the delete once the firewall's acks land
-    from libs.common.messages import PolicyRemoved as PolicyDeleted  # type: ignore[attr-defined,unused-ignore]
-except ImportError:  # pragma: no cover
-    PolicyDeleted = Removed  # type: ignore[misc,assignment,unused-ignore]
 
 ROLES: Final[tuple[GatewayRole, ...]] = ("viewer", "operator", "admin")  # each includes the ones before
 
@@ -121,7 +117,7 @@ _TABLE: Final[list[Operation]] = [
     _op("policy.get", "viewer", PolicyRef, Policy, "firewall"),
     _op("policy.list", "viewer", PolicyFilter, PolicyList, "firewall"),
     _op("policy.update", "operator", PolicySpec, Policy, "firewall"),
-    _op("policy.delete", "operator", PolicyRef, PolicyDeleted, "firewall"),
+    _op("policy.delete", "operator", PolicyRef, PolicyRemoved, "firewall"),
     _op("policy.import", "operator", PolicyYaml, Policy, "firewall"),
     _op("policy.explain", "viewer", FlowQuery, Verdict, "firewall"),
     _op("service.create", "operator", ServiceSpec, Service, "dns"),
