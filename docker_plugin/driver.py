@@ -36,6 +36,11 @@ from libs.common.messages import (
     Network,
     NetworkDelete,
     NetworkList,
+    PortPublish,
+    PublishedPort,
+    PublishedPortFilter,
+    PublishedPortList,
+    PublishedPortRef,
     Removed,
 )
 
@@ -51,6 +56,9 @@ class Driver:
 
     def _vnet(self, verb: str) -> str:
         return node_subject(self._node, "vnet", verb)
+
+    def _nat(self, verb: str) -> str:
+        return node_subject(self._node, "nat", verb)
 
     async def _network(self, network_id: str) -> Network:
         p.check_id(network_id, "NetworkID")
@@ -128,11 +136,36 @@ class Driver:
         await self._endpoint(await self._network(req.NetworkID), req.EndpointID)
         return {}
 
-    async def external_connectivity(self, body: dict[str, Any]) -> dict[str, Any]:
-        # The published ports came with CreateEndpoint and are on the endpoint's record, where the
-        # nat service publishes them from; nothing else to program here.
+    async def program_external_connectivity(self, body: dict[str, Any]) -> dict[str, Any]:
+        """Publish the endpoint's ports (`-p`, recorded at CreateEndpoint) through the node's NAT
+        agent, which refuses a host port already taken; a refusal unpublishes what this call did."""
         req = p.EndpointRequest.model_validate(body)
-        await self._network(req.NetworkID)
+        endpoint = await self._endpoint(await self._network(req.NetworkID), req.EndpointID)
+        if endpoint is None:
+            raise p.DriverError(f"endpoint {req.EndpointID[:12]} does not exist")
+        done: list[PublishedPort] = []
+        try:
+            for mapping in endpoint.port_mappings:
+                publish = PortPublish(
+                    **mapping.model_dump(), container_id=endpoint.container_id, ifname=p.IFNAME
+                )
+                done.append(await self._bus.request(self._nat("port.publish"), publish, PublishedPort))
+        except QnfError:
+            for port in done:
+                await self._bus.request(self._nat("port.unpublish"), PublishedPortRef(id=port.id), Removed)
+            raise
+        return {}
+
+    async def revoke_external_connectivity(self, body: dict[str, Any]) -> dict[str, Any]:
+        req = p.EndpointRequest.model_validate(body)
+        endpoint = await self._endpoint(await self._network(req.NetworkID), req.EndpointID)
+        if endpoint is None:
+            return {}  # already gone, and its ports with it
+        ports = await self._bus.request(
+            self._nat("port.list"), PublishedPortFilter(endpoint_id=endpoint.endpoint_id), PublishedPortList
+        )
+        for port in ports.ports:
+            await self._bus.request(self._nat("port.unpublish"), PublishedPortRef(id=port.id), Removed)
         return {}
 
     async def discover(self, _: dict[str, Any]) -> dict[str, Any]:
@@ -156,8 +189,8 @@ def routes(driver: Driver) -> dict[str, Handler]:
         "/NetworkDriver.EndpointOperInfo": driver.oper_info,
         "/NetworkDriver.Join": driver.join,
         "/NetworkDriver.Leave": driver.leave,
-        "/NetworkDriver.ProgramExternalConnectivity": driver.external_connectivity,
-        "/NetworkDriver.RevokeExternalConnectivity": driver.external_connectivity,
+        "/NetworkDriver.ProgramExternalConnectivity": driver.program_external_connectivity,
+        "/NetworkDriver.RevokeExternalConnectivity": driver.revoke_external_connectivity,
         "/NetworkDriver.DiscoverNew": driver.discover,
         "/NetworkDriver.DiscoverDelete": driver.discover,
         "/NetworkDriver.AllocateNetwork": driver.not_supported,

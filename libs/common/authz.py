@@ -33,9 +33,9 @@ ROLE_PUBLISH: Final[dict[str, tuple[str, ...]]] = {
     "dns": ("qnf.v1.evt.dns.>",),
     "nat": ("qnf.v1.evt.nat.>",),
     "gateway": ("qnf.v1.cmd.>", "qnf.v1.node.*.>", "qnf.v1.evt.gateway.>"),
-    # The CNI shim and the Docker driver talk only to their own node's vnet agent.
+    # The CNI shim and the Docker driver talk only to their own node's agents (and vnet's networks).
     "cni": ("qnf.v1.node.{node}.vnet.>",),
-    "docker": ("qnf.v1.node.{node}.vnet.>", "qnf.v1.cmd.vnet.>"),
+    "docker": ("qnf.v1.node.{node}.vnet.>", "qnf.v1.cmd.vnet.>", "qnf.v1.node.{node}.nat.>"),
     "admin": (">",),
     "viewer": (),
 }

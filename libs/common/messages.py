@@ -426,7 +426,7 @@ class PublishedPort(PortMapping):
     container_id: str
     ifname: str
     network: str
-    source: Literal["api", "cni"]
+    source: Literal["api", "cni", "docker"]
     created_ms: int
 
 

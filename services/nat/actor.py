@@ -22,7 +22,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from ipaddress import IPv4Address, IPv6Address
-from typing import Any
+from typing import Any, Literal
 
 from prometheus_client import Gauge, Histogram
 
@@ -302,7 +302,7 @@ class NatActor:
             container_id=endpoint.container_id,
             ifname=endpoint.ifname,
             network=endpoint.network,
-            source="cni" if sender is not None and role_of(sender) == "vnet" else "api",
+            source=_SOURCES.get(role_of(sender) or "", "api") if sender is not None else "api",
             created_ms=int(time.time() * 1000),
         )
         await self._ports_kv.create(port.id, port)
@@ -329,6 +329,10 @@ class NatActor:
         return PublishedPortList(
             ports=[p for p in ports if flt.endpoint_id is None or p.endpoint_id == flt.endpoint_id]
         )
+
+
+# Who published: the vnet agent does it for CNI portMappings, the Docker driver for `-p`.
+_SOURCES: dict[str, Literal["cni", "docker"]] = {"vnet": "cni", "docker": "docker"}
 
 
 def _ports(_: Message) -> str:

@@ -273,7 +273,25 @@ def test_endpoint_lifecycle_leaves_nothing(
     info = plugin.call("NetworkDriver.EndpointOperInfo", ep)["Value"]
     assert info["qnf.identity"].endswith("/network/dk-ep/endpoint/web")
     assert plugin.call("NetworkDriver.ProgramExternalConnectivity", {**ep, "Options": {}}) == {}
+    ports = admin.call("qnf.v1.node.n1.nat.port.list", {})["ports"]
+    assert [(p["host_port"], p["container_port"], p["source"]) for p in ports] == [(8080, 80, "docker")]
+    assert plugin.call("NetworkDriver.ProgramExternalConnectivity", {**ep, "Options": {}}) == {}  # a retry
+    # Another container asking for the same host port: a clear Err, and nothing of it published.
+    other = {"NetworkID": nid, "EndpointID": _id()}
+    portmap = [{"Proto": 6, "IP": "", "Port": 81, "HostIP": "", "HostPort": 8080, "HostPortEnd": 8080}]
+    plugin.call(
+        "NetworkDriver.CreateEndpoint",
+        {
+            **other,
+            "Interface": {"Address": "10.90.5.8/24"},
+            "Options": {"com.docker.network.portmap": portmap},
+        },
+    )
+    assert "8080" in plugin.err("NetworkDriver.ProgramExternalConnectivity", {**other, "Options": {}})
+    assert len(admin.call("qnf.v1.node.n1.nat.port.list", {})["ports"]) == 1
+    plugin.call("NetworkDriver.DeleteEndpoint", other)
     assert plugin.call("NetworkDriver.RevokeExternalConnectivity", ep) == {}
+    assert admin.call("qnf.v1.node.n1.nat.port.list", {})["ports"] == []
     # Retried by Docker after a timeout: the same endpoint, not a second one.
     again = plugin.call(
         "NetworkDriver.CreateEndpoint", {**ep, "Interface": {"Address": "10.90.5.7/24"}, "Options": {}}
