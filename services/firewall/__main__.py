@@ -9,7 +9,9 @@ from libs.common.service import Context
 from libs.common.service import main as run_main
 from services.firewall.actor import FirewallActor
 from services.firewall.adapters.conntrack import NetlinkConntrack
+from services.firewall.adapters.nflog import NflogReader
 from services.firewall.adapters.nft import LibNftables
+from services.firewall.core.compiler import NFLOG_GROUP
 
 
 async def build(ctx: Context) -> FirewallActor:
@@ -20,6 +22,7 @@ async def build(ctx: Context) -> FirewallActor:
         endpoints=await ctx.bus.kv("qnf-endpoints", Endpoint),
         nft=LibNftables(),
         conntrack=NetlinkConntrack(),
+        denied_log=NflogReader(NFLOG_GROUP),
     )
 
 

@@ -28,6 +28,8 @@ from typing import Any
 
 import yaml
 from prometheus_client import Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily
+from prometheus_client.registry import Collector
 
 from libs.common.bus import Endpoint as BusEndpoint
 from libs.common.errors import Conflict, InvalidRequest, NotFound, PolicyRejected, QnfError, Unavailable
@@ -39,6 +41,7 @@ from libs.common.messages import (
     Endpoint,
     EndpointEnforce,
     Enforced,
+    FlowDenied,
     FlowQuery,
     Message,
     Network,
@@ -56,9 +59,19 @@ from libs.common.messages import (
 from libs.common.metrics import LATENCY_BUCKETS
 from libs.common.service import Context
 from services.firewall.adapters.conntrack import ConntrackTable
+from services.firewall.adapters.nflog import Logged, NflogReader
 from services.firewall.adapters.nft import Nft
 from services.firewall.core import k8s
-from services.firewall.core.compiler import FAMILY, TABLE, Compiled, compile_model, group_chains, group_sets
+from services.firewall.core.compiler import (
+    FAMILY,
+    LOG_PREFIX,
+    TABLE,
+    Compiled,
+    compile_model,
+    group_chains,
+    group_counters,
+    group_sets,
+)
 from services.firewall.core.explain import explain
 from services.firewall.core.keys import policy_key, ref_key
 from services.firewall.core.model import Model, build
@@ -101,6 +114,7 @@ class FirewallActor:
         endpoints: TypedKV[Endpoint],
         nft: Nft,
         conntrack: ConntrackTable | None = None,
+        denied_log: NflogReader | None = None,
     ) -> None:
         self._bus = ctx.bus
         self._node = ctx.settings.node
@@ -109,6 +123,8 @@ class FirewallActor:
         self._endpoints_kv = endpoints
         self._nft = nft
         self._conntrack = conntrack
+        self._denied_log = denied_log
+        self._by_address: tuple[int, dict[Any, Endpoint]] = (-2, {})
         self.known_networks: dict[str, Network] = {}
         self.known_endpoints: dict[str, Endpoint] = {}
         self.known_policies: dict[str, Policy] = {}
@@ -146,6 +162,13 @@ class FirewallActor:
             registry=r,
         )
         self._trackers: set[asyncio.Task[None]] = set()
+        self._denied_events = Counter(
+            "qnf_firewall_denied_flow_events_total",
+            "Denied flows the kernel logged (rate-limited per endpoint) and this agent published",
+            ["direction"],
+            registry=r,
+        )
+        r.register(_KernelCounters(self))
         self._cuts = Counter(
             "qnf_firewall_connections_cut_total",
             "Established flows cut because a change denies them",
@@ -189,11 +212,16 @@ class FirewallActor:
         await asyncio.wait_for(asyncio.gather(*(e.wait() for e in self._synced.values())), 30)
         await self.reconcile_once()
         self._tasks.append(asyncio.create_task(self._reconcile_loop()))
+        if self._denied_log is not None:
+            loop = asyncio.get_running_loop()
+            self._denied_log.start(lambda logged: loop.call_soon_threadsafe(self._on_denied, logged))
 
     async def stop(self) -> None:
         for task in [*self._tasks, *self._trackers]:
             task.cancel()
         await asyncio.gather(*self._tasks, *self._trackers, return_exceptions=True)
+        if self._denied_log is not None:
+            self._denied_log.close()
         await self._nft.close()
         if self._conntrack is not None:
             await self._conntrack.close()
@@ -308,6 +336,38 @@ class FirewallActor:
                 ts_ms=now,
             )
             self._bus.emit("connection.cut", event)
+
+    def _on_denied(self, logged: Logged) -> None:
+        """A denied packet the kernel logged: publish it, named by the rule that dropped it."""
+        if self._applied is None or not logged.prefix.startswith(LOG_PREFIX):
+            return
+        info = self._applied.counters.get(logged.prefix[len(LOG_PREFIX) :].strip())
+        if info is None:
+            return
+        if self._by_address[0] != self._applied_revision:
+            self._by_address = (
+                self._applied_revision,
+                {a.ip: e for e in self.known_endpoints.values() for a in e.addresses},
+            )
+        by_address = self._by_address[1]
+        src, dst = by_address.get(logged.source), by_address.get(logged.destination)
+        local = dst if info.direction == "ingress" else src
+        event = FlowDenied(
+            node=self._node,
+            source=logged.source,
+            destination=logged.destination,
+            source_identity=src.identity if src else None,
+            destination_identity=dst.identity if dst else None,
+            network=info.network or (local.network if local else None),
+            protocol=PROTOCOL_NAMES.get(logged.proto, str(logged.proto)),
+            port=logged.port,
+            direction=info.direction if info.direction in ("ingress", "egress") else None,
+            policy=info.policy,
+            rule=f"{info.policy}/{info.rule}" if info.rule else info.policy,
+            ts_ms=int(time.time() * 1000),
+        )
+        self._denied_events.labels(info.direction).inc()
+        self._bus.emit("flow.denied", event)
 
     def _enforced(self, policy_revision: int, endpoints: dict[str, int]) -> None:
         """The kernel now enforces these revisions: wake every waiter to look again."""
@@ -504,6 +564,38 @@ class FirewallActor:
         task.add_done_callback(self._trackers.discard)
 
 
+class _KernelCounters(Collector):
+    """Per-policy and per-network packets and bytes, read from the kernel's named counters at
+    scrape time. Labels are bounded by the policies and networks that exist."""
+
+    def __init__(self, actor: FirewallActor) -> None:
+        self._actor = actor
+
+    def collect(self) -> Any:
+        labels = ["verdict", "direction", "network", "policy"]
+        packets = CounterMetricFamily(
+            "qnf_firewall_packets", "New flows' packets by the rule that decided them", labels=labels
+        )
+        octets = CounterMetricFamily(
+            "qnf_firewall_bytes", "New flows' bytes by the rule that decided them", labels=labels
+        )
+        applied = self._actor._applied
+        if applied is None:
+            return [packets, octets]
+        sums: dict[tuple[str, str, str, str], list[int]] = {}
+        for name, (n, size) in self._actor._nft.counters().items():
+            info = applied.counters.get(name)
+            if info is None:
+                continue
+            total = sums.setdefault((info.verdict, info.direction, info.network, info.policy), [0, 0])
+            total[0] += n
+            total[1] += size
+        for key, (n, size) in sorted(sums.items()):
+            packets.add_metric(list(key), n)
+            octets.add_metric(list(key), size)
+        return [packets, octets]
+
+
 def _unique() -> Callable[[Message], str]:
     """A mailbox key per request, so that requests which wait never hold up one another."""
     counter = iter(range(1 << 62))
@@ -543,5 +635,7 @@ def _delta(old: Compiled, new: Compiled) -> list[dict[str, Any]]:
             teardown.append({"delete": {"chain": {"family": FAMILY, "table": TABLE, "name": chain}}})
         for name in group_sets(gid):
             teardown.append({"delete": {"set": {"family": FAMILY, "table": TABLE, "name": name}}})
+        for name in group_counters(gid):
+            teardown.append({"delete": {"counter": {"family": FAMILY, "table": TABLE, "name": name}}})
     build = [cmd for gid in added for cmd in new.groups[gid]]
     return deletes + teardown + build + adds

@@ -21,6 +21,7 @@ from services.firewall.core.compiler import TABLE
 class Nft(Protocol):
     async def apply(self, commands: list[dict[str, Any]]) -> None: ...
     async def element_counts(self) -> dict[tuple[str, str], int] | None: ...
+    def counters(self) -> dict[str, tuple[int, int]]: ...
     async def close(self) -> None: ...
 
 
@@ -43,6 +44,8 @@ class LibNftables:
     def __init__(self) -> None:
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="nft")
         self._nft: Any = None
+        # Metrics are scraped on the HTTP server's thread: it reads through a context of its own.
+        self._reader: Any = None
         self._lock = threading.Lock()
 
     def _ctx(self) -> Any:
@@ -67,6 +70,23 @@ class LibNftables:
                     obj = item.get(kind[:-1])
                     if obj and obj.get("table") == TABLE:
                         out[(family, obj["name"])] = len(obj.get("elem", []))
+        return out
+
+    def counters(self) -> dict[str, tuple[int, int]]:
+        """(packets, bytes) of every named counter in the fabric's tables; empty if none."""
+        out: dict[str, tuple[int, int]] = {}
+        with self._lock:
+            if self._reader is None:
+                self._reader = _load()
+            for family in ("inet", "bridge"):
+                rc, text, _ = self._reader.cmd(f"list counters table {family} {TABLE}")
+                if rc != 0:
+                    continue
+                doc = json.loads(text) if isinstance(text, str) else text
+                for item in doc.get("nftables", []):
+                    c = item.get("counter")
+                    if c:
+                        out[c["name"]] = (int(c.get("packets", 0)), int(c.get("bytes", 0)))
         return out
 
     async def apply(self, commands: list[dict[str, Any]]) -> None:

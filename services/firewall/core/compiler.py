@@ -11,7 +11,14 @@ share a group, its chain and its sets, so the elements grow with groups x peers,
 endpoints x peers. Only admin-tier rules, which are few and ordered, are rules of their own.
 
 The output is split into the *base* (tables, base chains, admin tier), one block of *group*
-objects (two chains and eight sets) per identity group, and the *elements* of every set. An
+objects (two chains, eight sets, four named counters) per identity group, and the *elements* of
+every set.
+
+Attribution: every rule that accepts a new flow or drops one counts into a named counter whose
+name says which rule it is (`Compiled.counters` maps it to direction, network, policy and rule),
+and every drop is first offered to NFLOG with that name as the log prefix, through a per-endpoint
+`limit` kept in a dynamic set, so the kernel itself drops excess log messages under a flood while
+the counter stays exact. An
 endpoint or label change adds or removes groups and set elements in one transaction; only a
 change of the base (the admin tier) reloads the tables. Output is canonically ordered: the same
 inputs give byte-identical JSON.
@@ -22,7 +29,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from ipaddress import IPv6Address, IPv6Network, ip_address, ip_network
 from typing import Any, Final
 
@@ -33,8 +40,23 @@ TABLE: Final = "qnf"
 FAMILY: Final = "inet"
 BRIDGE_FAMILY: Final = "bridge"
 PORT_PROTOS: Final = (6, 17, 132)  # protocols with ports: TCP, UDP, SCTP
+NFLOG_GROUP: Final = 27  # the NFLOG group the agent reads denied packets from
+LOG_PREFIX: Final = "qnf:"
+LOG_RATE: Final = 10  # denied-packet log messages per second per local endpoint ...
+LOG_BURST: Final = 20  # ... after a burst of this many
 
 Json = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class CounterInfo:
+    """What one named counter counts: the verdict of one rule for one direction."""
+
+    verdict: str  # "accept" or "drop"
+    direction: str  # "ingress", "egress" or "" (anti-spoofing)
+    network: str  # the network of the group, or "" for rules across networks (admin tier)
+    policy: str  # the deciding policy, or "default-deny" / "anti-spoofing"
+    rule: str  # the rule within it, e.g. "egress[0]"
 
 
 @dataclass(frozen=True)
@@ -44,6 +66,7 @@ class Compiled:
     structure: list[Json]
     groups: dict[str, list[Json]]
     elements: dict[tuple[str, str], list[Any]]
+    counters: dict[str, CounterInfo] = field(default_factory=dict)  # named counter -> what it counts
 
     def full(self) -> list[Json]:
         """One transaction that replaces both tables (create-then-delete makes delete never fail)."""
@@ -73,6 +96,30 @@ def group_sets(gid: str) -> list[str]:
 
 def group_chains(gid: str) -> list[str]:
     return [f"in_{gid}", f"eg_{gid}"]
+
+
+def group_counters(gid: str) -> list[str]:
+    """A group's named counters: accepted and dropped new flows, per direction."""
+    return [f"{v}_{d}_{gid}" for d in ("in", "eg") for v in ("acc", "dn")]
+
+
+def _counter(family: str, name: str) -> Json:
+    return {"add": {"counter": {"family": family, "table": TABLE, "name": name}}}
+
+
+def _log_drop(chain: str, local: str, name: str) -> list[Json]:
+    """Offer a drop to NFLOG, at most LOG_RATE/s per local endpoint (the kernel drops the rest).
+
+    The limit lives in a meter (a dynamic set owned by the rule, gone with it) keyed by the
+    endpoint's address: one bucket per endpoint, so one flooding workload cannot silence the log
+    of the others. libnftables' JSON cannot declare a named dynamic set, hence meters."""
+    return [_rule(FAMILY, chain, _log_stmts(version, local, name)) for version in (4, 6)]
+
+
+def _log_stmts(version: int, local: str, name: str) -> list[Json]:
+    limit = {"limit": {"rate": LOG_RATE, "per": "second", "burst": LOG_BURST}}
+    meter = {"name": f"m{_v(version)}_{name}", "key": _ip(version, local), "stmt": limit, "size": 65536}
+    return [{"meter": meter}, {"log": {"prefix": f"{LOG_PREFIX}{name} ", "group": NFLOG_GROUP}}]
 
 
 def comment(owner: str) -> str:
@@ -135,13 +182,17 @@ def _lookup_rules(
     version: int,
     peer: str,
     sets: str,
-    verdict: Json,
+    verdict: Json | list[Json],
     owner: str | None,
     guard: Json | None = None,
+    count: str | None = None,
 ) -> list[Json]:
     """Two rules: (peer . proto . port) for port protocols, (peer . proto) for the rest."""
     v = _v(version)
     first = [guard] if guard else []
+    verdict_stmts = list(verdict) if isinstance(verdict, list) else [verdict]
+    if count is not None:
+        verdict_stmts.insert(0, {"counter": count})
     return [
         _rule(
             FAMILY,
@@ -152,7 +203,7 @@ def _lookup_rules(
                 _match(
                     _concat(_ip(version, peer), _meta("l4proto"), _payload("th", "dport")), f"@{sets}_{v}p"
                 ),
-                verdict,
+                *verdict_stmts,
             ],
             owner,
         ),
@@ -162,7 +213,7 @@ def _lookup_rules(
             first
             + [
                 _match(_concat(_ip(version, peer), _meta("l4proto")), f"@{sets}_{v}a"),
-                verdict,
+                *verdict_stmts,
             ],
             owner,
         ),
@@ -265,17 +316,21 @@ def _peer_sets(family: str, prefix: str) -> list[Json]:
 
 
 def _group_objects(gid: str) -> list[Json]:
-    """A group's sets and its two chains, the same shape for every group."""
+    """A group's sets, counters and two chains, the same shape for every group."""
     out = _peer_sets(FAMILY, f"in_{gid}") + _peer_sets(FAMILY, f"eg_{gid}")
-    for chain, peer, allow in (
-        (f"in_{gid}", "saddr", {"accept": None}),
-        (f"eg_{gid}", "daddr", {"return": None}),
+    out += [_counter(FAMILY, name) for name in group_counters(gid)]
+    for chain, d, peer, local, allow in (
+        (f"in_{gid}", "in", "saddr", "daddr", {"accept": None}),
+        (f"eg_{gid}", "eg", "daddr", "saddr", {"return": None}),
     ):
         out.append({"add": {"chain": {"family": FAMILY, "table": TABLE, "name": chain}}})
         for version in (4, 6):
-            out += _lookup_rules(chain, version, peer, chain, allow, None)
-        what = "ingress" if chain.startswith("in_") else "egress"
-        out.append(_rule(FAMILY, chain, [{"counter": None}, {"drop": None}], f"default deny {what} {gid}"))
+            out += _lookup_rules(chain, version, peer, chain, allow, None, count=f"acc_{d}_{gid}")
+        what = "ingress" if d == "in" else "egress"
+        out += _log_drop(chain, local, f"dn_{d}_{gid}")
+        out.append(
+            _rule(FAMILY, chain, [{"counter": f"dn_{d}_{gid}"}, {"drop": None}], f"default deny {what} {gid}")
+        )
     return out
 
 
@@ -286,6 +341,7 @@ def compile_model(model: Model, endpoints: Iterable[Endpoint]) -> Compiled:
         {"add": {"table": {"family": BRIDGE_FAMILY, "name": TABLE}}},
     ]
     elements: dict[tuple[str, str], list[Any]] = {}
+    counters: dict[str, CounterInfo] = {}
 
     def put(name: str, elems: Iterable[Any], family: str = FAMILY) -> None:
         elements.setdefault((family, name), []).extend(elems)
@@ -398,11 +454,33 @@ def compile_model(model: Model, endpoints: Iterable[Endpoint]) -> Compiled:
             FAMILY, [(f"{name}_s4", ["ipv4_addr"], False), (f"{name}_s6", ["ipv6_addr"], False)]
         )
         structure += _peer_sets(FAMILY, name)
+        count: str | None = None
+        if admin_rule.action != "Pass":
+            count = f"{'dn' if admin_rule.action == 'Deny' else 'acc'}_{name}"
+            structure.append(_counter(FAMILY, count))
+            counters[count] = CounterInfo(
+                "drop" if admin_rule.action == "Deny" else "accept",
+                chain,
+                "",
+                admin_rule.policy,
+                admin_rule.rule,
+            )
+        deny: Json = {"goto": {"target": f"{name}_dn"}}
+        if admin_rule.action == "Deny" and count is not None:
+            # Its own chain: log (rate-limited, one meter per rule) and count, then drop.
+            structure.append({"add": {"chain": {"family": FAMILY, "table": TABLE, "name": f"{name}_dn"}}})
+            structure += _log_drop(f"{name}_dn", local, count)
+            structure.append(
+                _rule(FAMILY, f"{name}_dn", [{"counter": count}, {"drop": None}], admin_rule.key)
+            )
         subjects = model.admin_subjects.get(admin_rule.key, frozenset())
         for version in (4, 6):
             put(f"{name}_s{version}", [str(a) for a in sorted(a for a in subjects if a.version == version)])
             guard = _match(_ip(version, local), f"@{name}_s{version}")
-            structure += _lookup_rules(chain, version, peer, name, verdict, admin_rule.key, guard)
+            if admin_rule.action == "Deny":
+                structure += _lookup_rules(chain, version, peer, name, deny, admin_rule.key, guard)
+            else:
+                structure += _lookup_rules(chain, version, peer, name, verdict, admin_rule.key, guard, count)
         for suffix, elems in _grant_elements(admin_grants.get(admin_rule.key, [])).items():
             put(f"{name}_{suffix}", elems)
     for chain in ("egress", "ingress"):
@@ -418,7 +496,13 @@ def compile_model(model: Model, endpoints: Iterable[Endpoint]) -> Compiled:
             structure.append(
                 _rule(FAMILY, chain, [{"vmap": {"key": _ip(version, local), "data": f"@{prefix}{v}"}}])
             )
-        structure.append(_rule(FAMILY, chain, [{"counter": None}, {"drop": None}], f"no group {chain[:-7]}"))
+        direction = chain[: -len("_normal")]
+        nogroup = f"dn_nogroup_{prefix}"
+        structure.append(_counter(FAMILY, nogroup))
+        counters[nogroup] = CounterInfo("drop", direction, "", "default-deny", "no identity group")
+        structure.append(
+            _rule(FAMILY, chain, [{"counter": nogroup}, {"drop": None}], f"no group {direction}")
+        )
 
     # Identity groups: their objects, and the union of their grants as elements.
     groups: dict[str, list[Json]] = {}
@@ -428,12 +512,18 @@ def compile_model(model: Model, endpoints: Iterable[Endpoint]) -> Compiled:
             normal.setdefault((g.group, g.direction), []).append(g)
     for gid in sorted(model.groups):
         groups[gid] = _group_objects(gid)
+        member = next(iter(model.groups[gid]), None)
+        network = model.by_address[member].network if member in model.by_address else ""
+        for d, direction in (("in", "ingress"), ("eg", "egress")):
+            counters[f"acc_{d}_{gid}"] = CounterInfo("accept", direction, network, "", "")
+            counters[f"dn_{d}_{gid}"] = CounterInfo("drop", direction, network, "default-deny", direction)
         for direction, prefix in (("ingress", "in"), ("egress", "eg")):
             for suffix, elems in _grant_elements(normal.get((gid, direction), [])).items():
                 put(f"{prefix}_{gid}_{suffix}", elems)
 
     _anti_spoofing(structure, elements, endpoints)
-    return Compiled(structure, groups, dict(sorted(elements.items())))
+    counters["dn_antispoof"] = CounterInfo("drop", "", "", "anti-spoofing", "")
+    return Compiled(structure, groups, dict(sorted(elements.items())), dict(sorted(counters.items())))
 
 
 def _anti_spoofing(
@@ -486,6 +576,7 @@ def _anti_spoofing(
             }
         },
         {"add": {"chain": {"family": BRIDGE_FAMILY, "table": TABLE, "name": "antispoof"}}},
+        _counter(BRIDGE_FAMILY, "dn_antispoof"),
     ]
     iif = _meta("iifname")
     ether_src = _payload("ether", "saddr")
@@ -549,7 +640,7 @@ def _anti_spoofing(
                 {"accept": None},
             ]
         ),
-        rule([{"counter": None}, {"drop": None}], "anti-spoofing"),
+        rule([{"counter": "dn_antispoof"}, {"drop": None}], "anti-spoofing"),
     ]
     ports: list[Any] = []
     portmac: list[Any] = []
