@@ -295,6 +295,7 @@ class Supervisor:
                 f"qnf: fabric up on node {self.settings.node} (trust domain {self.settings.trust_domain})",
                 f"  bus:      {self.settings.url} (mutual TLS 1.3, TLS first, signed messages)",
                 f"  gateway:  {self.settings.gateway_url} (REST; CA {pki.ca_cert_path})",
+                f"  grpc:     {self.settings.gateway_host}:{self.settings.gateway_grpc_port} (qnf.v1.Fabric)",
                 f"  token:    {self.settings.gateway_admin_token_path} (admin API token, first start)",
                 f"  admin:    cert {d / 'tls.crt'} key {d / 'tls.key'} ca {pki.ca_cert_path}",
                 f"  nats CLI: cp {ctx} ~/.config/nats/context/ && {sub}",
