@@ -29,7 +29,7 @@ class LabelSet(_message.Message):
     def __init__(self, labels: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class NetworkSpec(_message.Message):
-    __slots__ = ("name", "subnet", "gateway", "subnet6", "gateway6", "mtu", "labels", "nat", "isolation")
+    __slots__ = ("name", "subnet", "gateway", "subnet6", "gateway6", "mtu", "labels", "nat", "isolation", "dns_scope")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -46,6 +46,7 @@ class NetworkSpec(_message.Message):
     LABELS_FIELD_NUMBER: _ClassVar[int]
     NAT_FIELD_NUMBER: _ClassVar[int]
     ISOLATION_FIELD_NUMBER: _ClassVar[int]
+    DNS_SCOPE_FIELD_NUMBER: _ClassVar[int]
     name: str
     subnet: str
     gateway: str
@@ -55,10 +56,11 @@ class NetworkSpec(_message.Message):
     labels: _containers.ScalarMap[str, str]
     nat: bool
     isolation: str
-    def __init__(self, name: _Optional[str] = ..., subnet: _Optional[str] = ..., gateway: _Optional[str] = ..., subnet6: _Optional[str] = ..., gateway6: _Optional[str] = ..., mtu: _Optional[int] = ..., labels: _Optional[_Mapping[str, str]] = ..., nat: _Optional[bool] = ..., isolation: _Optional[str] = ...) -> None: ...
+    dns_scope: str
+    def __init__(self, name: _Optional[str] = ..., subnet: _Optional[str] = ..., gateway: _Optional[str] = ..., subnet6: _Optional[str] = ..., gateway6: _Optional[str] = ..., mtu: _Optional[int] = ..., labels: _Optional[_Mapping[str, str]] = ..., nat: _Optional[bool] = ..., isolation: _Optional[str] = ..., dns_scope: _Optional[str] = ...) -> None: ...
 
 class Network(_message.Message):
-    __slots__ = ("name", "subnet", "gateway", "subnet6", "gateway6", "mtu", "labels", "nat", "isolation", "bridge", "created_ms", "revision")
+    __slots__ = ("name", "subnet", "gateway", "subnet6", "gateway6", "mtu", "labels", "nat", "isolation", "bridge", "created_ms", "revision", "dns_scope")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -78,6 +80,7 @@ class Network(_message.Message):
     BRIDGE_FIELD_NUMBER: _ClassVar[int]
     CREATED_MS_FIELD_NUMBER: _ClassVar[int]
     REVISION_FIELD_NUMBER: _ClassVar[int]
+    DNS_SCOPE_FIELD_NUMBER: _ClassVar[int]
     name: str
     subnet: str
     gateway: str
@@ -90,7 +93,8 @@ class Network(_message.Message):
     bridge: str
     created_ms: int
     revision: int
-    def __init__(self, name: _Optional[str] = ..., subnet: _Optional[str] = ..., gateway: _Optional[str] = ..., subnet6: _Optional[str] = ..., gateway6: _Optional[str] = ..., mtu: _Optional[int] = ..., labels: _Optional[_Mapping[str, str]] = ..., nat: _Optional[bool] = ..., isolation: _Optional[str] = ..., bridge: _Optional[str] = ..., created_ms: _Optional[int] = ..., revision: _Optional[int] = ...) -> None: ...
+    dns_scope: str
+    def __init__(self, name: _Optional[str] = ..., subnet: _Optional[str] = ..., gateway: _Optional[str] = ..., subnet6: _Optional[str] = ..., gateway6: _Optional[str] = ..., mtu: _Optional[int] = ..., labels: _Optional[_Mapping[str, str]] = ..., nat: _Optional[bool] = ..., isolation: _Optional[str] = ..., bridge: _Optional[str] = ..., created_ms: _Optional[int] = ..., revision: _Optional[int] = ..., dns_scope: _Optional[str] = ...) -> None: ...
 
 class GetNetworkRequest(_message.Message):
     __slots__ = ("name",)
@@ -115,20 +119,22 @@ class ListNetworksResponse(_message.Message):
     def __init__(self, networks: _Optional[_Iterable[_Union[Network, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
 
 class UpdateNetworkRequest(_message.Message):
-    __slots__ = ("name", "mtu", "labels", "nat", "isolation", "revision")
+    __slots__ = ("name", "mtu", "labels", "nat", "isolation", "revision", "dns_scope")
     NAME_FIELD_NUMBER: _ClassVar[int]
     MTU_FIELD_NUMBER: _ClassVar[int]
     LABELS_FIELD_NUMBER: _ClassVar[int]
     NAT_FIELD_NUMBER: _ClassVar[int]
     ISOLATION_FIELD_NUMBER: _ClassVar[int]
     REVISION_FIELD_NUMBER: _ClassVar[int]
+    DNS_SCOPE_FIELD_NUMBER: _ClassVar[int]
     name: str
     mtu: int
     labels: LabelSet
     nat: bool
     isolation: str
     revision: int
-    def __init__(self, name: _Optional[str] = ..., mtu: _Optional[int] = ..., labels: _Optional[_Union[LabelSet, _Mapping]] = ..., nat: _Optional[bool] = ..., isolation: _Optional[str] = ..., revision: _Optional[int] = ...) -> None: ...
+    dns_scope: str
+    def __init__(self, name: _Optional[str] = ..., mtu: _Optional[int] = ..., labels: _Optional[_Union[LabelSet, _Mapping]] = ..., nat: _Optional[bool] = ..., isolation: _Optional[str] = ..., revision: _Optional[int] = ..., dns_scope: _Optional[str] = ...) -> None: ...
 
 class DeleteNetworkRequest(_message.Message):
     __slots__ = ("name", "force", "revision")
