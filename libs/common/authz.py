@@ -30,7 +30,7 @@ ROLE_PUBLISH: Final[dict[str, tuple[str, ...]]] = {
     ),
     # policy.wait asks every node's agent whether it enforces a revision.
     "firewall": ("qnf.v1.evt.firewall.>", "qnf.v1.node.*.firewall.policy.enforced"),
-    "dns": ("qnf.v1.evt.dns.>",),
+    "dns": ("qnf.v1.evt.dns.>", "qnf.v1.cmd.firewall.policy.reachable"),  # policy-scoped answers
     "nat": ("qnf.v1.evt.nat.>",),
     "gateway": ("qnf.v1.cmd.>", "qnf.v1.node.*.>", "qnf.v1.evt.gateway.>"),
     # The CNI shim and the Docker driver talk only to their own node's agents (and vnet's networks).

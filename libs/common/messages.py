@@ -75,6 +75,7 @@ Labels = dict[
     Annotated[str, StringConstraints(pattern=_LABEL_KEY)], Annotated[str, StringConstraints(max_length=63)]
 ]
 Isolation = Literal["zero-trust", "default-allow"]
+DnsScope = Literal["network", "policy"]
 
 
 class NetworkSpec(Message):
@@ -89,6 +90,9 @@ class NetworkSpec(Message):
     labels: Labels = Field(default_factory=dict)
     nat: bool = Field(True, description="masquerade traffic leaving the fabric")
     isolation: Isolation = "zero-trust"
+    dns_scope: DnsScope = Field(
+        "network", description="policy: a client resolves only the endpoints its policies let it reach"
+    )
 
 
 class Network(NetworkSpec):
@@ -112,6 +116,7 @@ class NetworkUpdate(Message):
     labels: Labels | None = None
     nat: bool | None = None
     isolation: Isolation | None = None
+    dns_scope: DnsScope | None = None
     revision: int | None = Field(None, description="only update if the network is still at this revision")
 
 
@@ -362,6 +367,17 @@ class FlowQuery(Message):
     port: int | None = Field(None, ge=1, le=65535)
 
 
+class Reach(Message):
+    """`policy.reachable`: which endpoint addresses a new flow from `source` may reach at all."""
+
+    source: IPv4Address | IPv6Address
+
+
+class Reachable(Message):
+    source: IPv4Address | IPv6Address
+    destinations: list[IPv4Address | IPv6Address]
+
+
 class Verdict(Message):
     """The verdict on a flow and what decided it."""
 
@@ -568,6 +584,7 @@ class NetworkPatch(Message):
     labels: Labels | None = None
     nat: bool | None = None
     isolation: Isolation | None = None
+    dns_scope: DnsScope | None = None
 
 
 class FabricEvent(Message):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from libs.common.messages import Endpoint, Network, Service
+from libs.common.messages import Endpoint, Network, Policy, Service
 from libs.common.service import Context
 from libs.common.service import main as run_main
 from services.dns.actor import DnsActor
@@ -16,6 +16,7 @@ async def build(ctx: Context) -> DnsActor:
         networks=await ctx.bus.kv("qnf-networks", Network),
         endpoints=await ctx.bus.kv("qnf-endpoints", Endpoint),
         services=await ctx.bus.kv("qnf-services", Service),
+        policies=await ctx.bus.kv("qnf-policies", Policy),
     )
 
 

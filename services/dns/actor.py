@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Iterator
+from ipaddress import ip_address
 from typing import Any
 
 from prometheus_client import Counter, Gauge, Histogram
@@ -21,12 +22,16 @@ from prometheus_client.core import CounterMetricFamily
 from prometheus_client.registry import Collector
 
 from libs.common.bus import Endpoint as BusEndpoint
-from libs.common.errors import Conflict, InvalidRequest, NotFound
+from libs.common.errors import Conflict, InvalidRequest, NotFound, QnfError
+from libs.common.ids import cmd_subject
 from libs.common.kv import TypedKV
 from libs.common.messages import (
     Empty,
     Endpoint,
     Network,
+    Policy,
+    Reach,
+    Reachable,
     Removed,
     Service,
     ServiceList,
@@ -41,6 +46,7 @@ from services.dns.core.records import build
 
 log = logging.getLogger("qnf.dns")
 
+SCOPE_SETTLE_S = 1.0
 _QTYPES = {1: "A", 28: "AAAA", 12: "PTR", 33: "SRV", 255: "ANY", 5: "CNAME", 15: "MX", 16: "TXT"}
 _RCODES = {0: "NOERROR", 1: "FORMERR", 2: "SERVFAIL", 3: "NXDOMAIN", 4: "NOTIMP", 5: "REFUSED"}
 
@@ -62,8 +68,13 @@ class DnsActor:
         networks: TypedKV[Network],
         endpoints: TypedKV[Endpoint],
         services: TypedKV[Service],
+        policies: TypedKV[Policy],
     ) -> None:
         self._bus = ctx.bus
+        self._policies_kv = policies
+        self.policies: dict[str, Policy] = {}
+        self._scope_requests: dict[str, asyncio.Future[None]] = {}
+        self._forget: asyncio.TimerHandle | None = None
         self._networks_kv = networks
         self._endpoints_kv = endpoints
         self._services_kv = services
@@ -142,11 +153,13 @@ class DnsActor:
 
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
-        synced = [asyncio.Event(), asyncio.Event(), asyncio.Event()]
+        synced = [asyncio.Event() for _ in range(4)]
         self._tasks = [
             asyncio.create_task(self._watch(self._networks_kv, self.networks, synced[0])),
             asyncio.create_task(self._watch(self._endpoints_kv, self.known, synced[1])),
             asyncio.create_task(self._watch(self._services_kv, self.services, synced[2])),
+            # Policies only matter to policy-scoped networks: a change forgets what clients may see.
+            asyncio.create_task(self._watch(self._policies_kv, self.policies, synced[3])),
         ]
         await asyncio.wait_for(asyncio.gather(*(e.wait() for e in synced)), 30)
         await self._rebuild()
@@ -181,9 +194,16 @@ class DnsActor:
 
     async def _rebuild(self) -> None:
         self._hits_before += self._answerer.hits
+        scoped = frozenset(n.name for n in self.networks.values() if n.dns_scope == "policy")
         self._answerer = Answerer(
-            build(self.networks.values(), self.known.values(), self._domain, self.services.values())
+            build(self.networks.values(), self.known.values(), self._domain, self.services.values()), scoped
         )
+        if scoped and self._loop is not None:
+            # The firewall learns the same change from its own watch, maybe later than we did:
+            # what a client may reach is asked again a moment after, not only now.
+            if self._forget is not None:
+                self._forget.cancel()
+            self._forget = self._loop.call_later(SCOPE_SETTLE_S, self._forget_scopes)
         wanted: dict[str, str] = {}
         for net in self.networks.values():
             wanted[str(net.gateway)] = net.name
@@ -206,8 +226,15 @@ class DnsActor:
                     forward=self._forward_udp,
                     observe=self._observe,
                     cached=lambda fwd: self._forwarder.cached(fwd.question),
+                    rescope=self._rescope,
                 )
-                tcp = TcpListener(address, network, lambda: self._answerer, forward=self._forward_tcp)
+                tcp = TcpListener(
+                    address,
+                    network,
+                    lambda: self._answerer,
+                    forward=self._forward_tcp,
+                    learn_scope=self.learn_scope,
+                )
                 await tcp.start()
             except OSError as exc:
                 log.error("cannot listen on %s:53: %s", address, exc)
@@ -215,6 +242,50 @@ class DnsActor:
             udp.start()
             self._udp[address], self._tcp[address] = udp, tcp
             log.info("answering on %s:53 for network %s", address, network)
+
+    def _forget_scopes(self) -> None:
+        self._forget = None
+        self._hits_before += self._answerer.hits
+        self._answerer = Answerer(self._answerer.store, self._answerer.scoped)
+
+    async def learn_scope(self, client: str) -> None:
+        """Ask the firewall which addresses `client` may reach; its answers follow from then on.
+
+        Concurrent queries of one client share one request; a failure leaves the scope unknown,
+        so the query gets SERVFAIL (never an unscoped answer)."""
+        pending = self._scope_requests.get(client)
+        if pending is None:
+            pending = asyncio.ensure_future(self._fetch_scope(client))
+            self._scope_requests[client] = pending
+            pending.add_done_callback(lambda _: self._scope_requests.pop(client, None))
+        await asyncio.shield(pending)
+
+    async def _fetch_scope(self, client: str) -> None:
+        answerer = self._answerer
+        try:
+            reply = await self._bus.request(
+                cmd_subject("firewall", "policy.reachable"),
+                Reach(source=ip_address(client)),
+                Reachable,
+                timeout=2,
+            )
+        except (QnfError, ValueError) as exc:
+            log.warning("cannot scope DNS answers for %s: %s", client, exc)
+            return
+        if answerer is self._answerer:  # else a newer snapshot came meanwhile: ask again on demand
+            answerer.scopes[client] = frozenset(str(a) for a in reply.destinations) | {client}
+
+    def _rescope(self, client: str, then: Callable[[], None]) -> None:
+        """From a listener thread: learn `client`'s scope on the event loop, then call `then` there."""
+        assert self._loop is not None
+
+        async def run() -> None:
+            try:
+                await self.learn_scope(client)
+            finally:
+                then()
+
+        self._loop.call_soon_threadsafe(lambda: self._loop.create_task(run()))  # type: ignore[union-attr]
 
     def _observe(self, seconds: float) -> None:
         self._latency.observe(seconds)

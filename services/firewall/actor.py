@@ -54,6 +54,8 @@ from libs.common.messages import (
     PolicyWait,
     PolicyWaitResult,
     PolicyYaml,
+    Reach,
+    Reachable,
     Verdict,
 )
 from libs.common.metrics import LATENCY_BUCKETS
@@ -72,7 +74,7 @@ from services.firewall.core.compiler import (
     group_counters,
     group_sets,
 )
-from services.firewall.core.explain import explain
+from services.firewall.core.explain import explain, reaches
 from services.firewall.core.keys import policy_key, ref_key
 from services.firewall.core.model import Model, build
 from services.firewall.core.revoke import PROTOCOL_NAMES, flows_to_cut
@@ -187,6 +189,7 @@ class FirewallActor:
             BusEndpoint("policy.delete", PolicyRef, PolicyRemoved, self.delete_policy, key=policy_key_of),
             BusEndpoint("policy.import", PolicyYaml, Policy, self.import_policy, key=policy_key_of),
             BusEndpoint("policy.explain", FlowQuery, Verdict, self.explain, key=lambda r: "read"),
+            BusEndpoint("policy.reachable", Reach, Reachable, self.reachable, key=lambda r: "read"),
             BusEndpoint("policy.wait", PolicyWait, PolicyWaitResult, self.wait_policy, key=_unique()),
             BusEndpoint("status", Empty, SyncStatus, self.status, scope="node", key=lambda r: "read"),
             # Waiters must not queue behind each other: each gets a mailbox of its own.
@@ -484,6 +487,14 @@ class FirewallActor:
 
     async def explain(self, query: FlowQuery) -> Verdict:
         return explain(self.model(node=None), query)
+
+    async def reachable(self, query: Reach) -> Reachable:
+        model = self.model(node=None)
+        targets = [i.ip for e in self.known_endpoints.values() for i in e.addresses]
+        return Reachable(
+            source=query.source,
+            destinations=sorted((t for t in targets if reaches(model, query.source, t)), key=str),
+        )
 
     # ------------------------------------------------------------------ acks and convergence
 

@@ -20,7 +20,15 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Final
 
-from services.dns.adapters.wire import Answerer, Forward, qtype_of, stat_key
+from services.dns.adapters.wire import (
+    SERVFAIL,
+    Answerer,
+    Forward,
+    NeedScope,
+    error_response,
+    qtype_of,
+    stat_key,
+)
 
 log = logging.getLogger("qnf.dns.server")
 
@@ -96,6 +104,7 @@ class UdpListener:
         forward: Callable[[Forward, Callable[[bytes], None]], None],
         observe: Observe,
         cached: Callable[[Forward], bytes | None] = lambda fwd: None,
+        rescope: Callable[[str, Callable[[], None]], None] = lambda client, then: None,
     ) -> None:
         self.address = address
         self.network = network
@@ -104,6 +113,7 @@ class UdpListener:
         self._forward = forward
         self._observe = observe
         self._cached = cached  # a forwarded name's cached answer, served without the event loop
+        self._rescope = rescope  # learn a client's reachable addresses, then call back (event loop)
         family = socket.AF_INET6 if ":" in address else socket.AF_INET
         self._sock = socket.socket(family, socket.SOCK_DGRAM)
         self._sock.setsockopt(socket.SOL_IP, IP_FREEBIND, 1)
@@ -138,7 +148,8 @@ class UdpListener:
             if not admit(client[0], started):
                 continue
             answerer = self._answerer()
-            hit = answerer.exact(network).get(packet[2:])
+            scope = answerer.scope_of(network, client[0]) if answerer.scoped else ""
+            hit = answerer.exact(network, scope).get(packet[2:])
             if hit is not None:
                 self._send(packet[:2] + hit[0], client)
                 counts[hit[1]] = counts.get(hit[1], 0) + 1
@@ -146,23 +157,32 @@ class UdpListener:
                 if served % LATENCY_SAMPLE == 0:
                     self._observe(clock() - started)
                 continue
-            try:
-                out = answerer.answer(network, packet, udp=True)
-            except Exception:  # a bug must not kill the listener; the client just times out
-                log.exception("answering a query failed")
-                continue
-            if isinstance(out, Forward):
-                cached = self._cached(out)
-                if cached is None:
-                    self._forward(out, self._replier(client))
-                    continue
-                out = cached
-            if out is not None:
-                self._send(out, client)
-                if len(out) >= 12:
-                    key = stat_key(qtype_of(out), out)
-                    counts[key] = counts.get(key, 0) + 1
-            self._observe(clock() - started)
+            self._reply(packet, client, started, retry=True)
+
+    def _reply(self, packet: bytes, client: tuple[str, int], started: float, *, retry: bool) -> None:
+        """Answer off the exact cache: the answerer, the forwarding cache or the upstreams."""
+        try:
+            out = self._answerer().answer(self.network, packet, udp=True, client=client[0])
+        except Exception:  # a bug must not kill the listener; the client just times out
+            log.exception("answering a query failed")
+            return
+        if isinstance(out, NeedScope):
+            if retry:
+                self._rescope(out.client, lambda: self._reply(packet, client, started, retry=False))
+                return
+            out = error_response(packet, SERVFAIL)  # the firewall could not say what it may see
+        if isinstance(out, Forward):
+            cached = self._cached(out)
+            if cached is None:
+                self._forward(out, self._replier(client))
+                return
+            out = cached
+        if out is not None:
+            self._send(out, client)
+            if len(out) >= 12:
+                key = stat_key(qtype_of(out), out)
+                self.counts[key] = self.counts.get(key, 0) + 1
+        self._observe(time.perf_counter() - started)
 
     def _replier(self, client: tuple[str, int]) -> Callable[[bytes], None]:
         return lambda data: self._send(data, client)
@@ -184,11 +204,13 @@ class TcpListener:
         answerer: Callable[[], Answerer],
         *,
         forward: Callable[[Forward], Awaitable[bytes]],
+        learn_scope: Callable[[str], Awaitable[None]] | None = None,
     ) -> None:
         self.address = address
         self.network = network
         self._answerer = answerer
         self._forward = forward
+        self._learn_scope = learn_scope
         self._server: asyncio.AbstractServer | None = None
 
     async def start(self) -> None:
@@ -209,7 +231,13 @@ class TcpListener:
             while True:
                 size = struct.unpack("!H", await asyncio.wait_for(reader.readexactly(2), 10))[0]
                 packet = await asyncio.wait_for(reader.readexactly(size), 10)
-                out = self._answerer().answer(self.network, packet, udp=False)
+                client = str(writer.get_extra_info("peername")[0])
+                out = self._answerer().answer(self.network, packet, udp=False, client=client)
+                if isinstance(out, NeedScope) and self._learn_scope is not None:
+                    await self._learn_scope(out.client)
+                    out = self._answerer().answer(self.network, packet, udp=False, client=client)
+                if isinstance(out, NeedScope):
+                    out = error_response(packet, SERVFAIL)
                 if isinstance(out, Forward):
                     out = await self._forward(out)
                 if out is None:

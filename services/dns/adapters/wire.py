@@ -134,50 +134,76 @@ def truncate(response: bytes, q: Question) -> bytes:
     return struct.pack("!HHHHHH", qid, flags | 0x0200, 1, 0, 0, 0) + q.raw_question
 
 
-EXACT_MAX: Final = 65536  # entries per network; a flood of distinct queries cannot grow it further
+EXACT_MAX: Final = 65536  # entries per table; a flood of distinct queries cannot grow it further
 
 Exact = dict[bytes, tuple[bytes, int]]
+
+
+@dataclass(frozen=True)
+class NeedScope:
+    """A policy-scoped network's client whose reachable addresses are not known yet: ask, retry."""
+
+    client: str
+
+
+Outcome = bytes | Forward | NeedScope | None
 
 
 class Answerer:
     """Answers queries for one record store snapshot, with the wire cache on the fast path.
 
-    Two levels: `exact(network)` maps a UDP query's bytes after its id to the response's bytes
-    after the id (plus the response's qtype/rcode key for the counters), so a repeated query
-    costs one dict lookup before the listener replies; below it, the template cache keyed by
-    the lower-cased question serves every letter case and id. Both die with the snapshot.
+    Two levels: `exact(network, scope)` maps a UDP query's bytes after its id to the response's
+    bytes after the id (plus the response's qtype/rcode key for the counters), so a repeated
+    query costs one dict lookup before the listener replies; below it, the template cache keyed
+    by the lower-cased question serves every letter case and id. Both die with the snapshot.
+
+    In a policy-scoped network (`scoped`) answers depend on the asker: `scopes` maps a client
+    address to the addresses it may reach (filled by the actor, read by the listeners), and the
+    caches are keyed by the client too.
     """
 
-    def __init__(self, store: RecordStore) -> None:
+    def __init__(self, store: RecordStore, scoped: frozenset[str] = frozenset()) -> None:
         self.store = store
-        self._cache: dict[tuple[str, str, int, int, bool], bytes] = {}
-        self._exact: dict[str, Exact] = {}
+        self.scoped = scoped
+        self.scopes: dict[str, frozenset[str]] = {}
+        self._cache: dict[tuple[str, str, str, int, int, bool], bytes] = {}
+        self._exact: dict[tuple[str, str], Exact] = {}
         self.hits = 0
 
-    def exact(self, network: str) -> Exact:
-        table = self._exact.get(network)
+    def scope_of(self, network: str, client: str) -> str:
+        """The cache scope of a query: the client in a policy-scoped network, else nobody."""
+        return client if network in self.scoped else ""
+
+    def exact(self, network: str, scope: str = "") -> Exact:
+        table = self._exact.get((network, scope))
         if table is None:
-            table = self._exact[network] = {}
+            table = self._exact[(network, scope)] = {}
         return table
 
-    def answer(self, network: str, packet: bytes, *, udp: bool) -> bytes | Forward | None:
+    def answer(self, network: str, packet: bytes, *, udp: bool, client: str = "") -> Outcome:
+        scope = self.scope_of(network, client)
         q = parse_fast(packet)
         if q is None:
-            return self._slow(network, packet, udp=udp)
-        out = self._answer(network, q, packet, udp=udp)
+            return self._slow(network, packet, udp=udp, scope=scope)
+        out = self._answer(network, q, packet, udp=udp, scope=scope)
         if udp and isinstance(out, bytes):
-            table = self.exact(network)
+            table = self.exact(network, scope)
             if len(table) < EXACT_MAX:
                 table[bytes(packet[2:])] = (out[2:], stat_key(q.qtype, out))
         return out
 
-    def _answer(self, network: str, q: Question, packet: bytes, *, udp: bool) -> bytes | Forward | None:
-        key = (network, q.name, q.qtype, q.qclass, q.edns is not None)
+    def _answer(self, network: str, q: Question, packet: bytes, *, udp: bool, scope: str) -> Outcome:
+        key = (network, scope, q.name, q.qtype, q.qclass, q.edns is not None)
         template = self._cache.get(key)
         if template is None:
             if q.qclass not in (1, 255):
                 return error_response(packet, NOTIMP)
-            answer = resolve(self.store, network, q.name, q.qtype)
+            visible = None
+            if scope:
+                visible = self.scopes.get(scope)
+                if visible is None:
+                    return NeedScope(scope)
+            answer = resolve(self.store, network, q.name, q.qtype, visible)
             if answer.forward:
                 return Forward(q, packet)
             try:
@@ -195,7 +221,7 @@ class Answerer:
             return truncate(response, q)
         return response
 
-    def _slow(self, network: str, packet: bytes, *, udp: bool) -> bytes | Forward | None:
+    def _slow(self, network: str, packet: bytes, *, udp: bool, scope: str) -> Outcome:
         try:
             record = DNSRecord.parse(packet)
         except Exception:  # dnslib raises many kinds on garbage; all mean "not a DNS message"
@@ -220,7 +246,7 @@ class Answerer:
             edns,
             _pack_question(question),
         )
-        return self._answer(network, q, packet, udp=udp)
+        return self._answer(network, q, packet, udp=udp, scope=scope)
 
 
 def stat_key(qtype: int, response: bytes) -> int:

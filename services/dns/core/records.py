@@ -132,8 +132,14 @@ class Answer:
     forward: bool = False
 
 
-def resolve(store: RecordStore, network: str, name: str, rtype: int) -> Answer:
-    """Answer `name`/`rtype` for a client on `network`; never raises for unknown names."""
+def resolve(
+    store: RecordStore, network: str, name: str, rtype: int, visible: frozenset[str] | None = None
+) -> Answer:
+    """Answer `name`/`rtype` for a client on `network`; never raises for unknown names.
+
+    With `visible` (policy-scoped networks: the addresses the client may reach), records that
+    lead to other addresses are left out, and a name left with none does not exist for it.
+    """
     name = normalise(name)
     reverse = name.endswith(".in-addr.arpa.") or name.endswith(".ip6.arpa.")
     zone = store.zone(network)
@@ -145,8 +151,32 @@ def resolve(store: RecordStore, network: str, name: str, rtype: int) -> Answer:
         return Answer(NOERROR, forward=True)
     if not zone.exists(name):
         return Answer(NXDOMAIN)
+    if visible is not None and not any(
+        _shown(zone, t, r, visible) for t in _TYPES for r in zone.lookup(name, t)
+    ):
+        return Answer(NXDOMAIN)
     types = (A, AAAA) if rtype == 255 else (rtype,)  # ANY: the addresses, as RFC 8482 allows
-    return Answer(NOERROR, tuple((name, t, r) for t in types for r in zone.lookup(name, t)))
+    return Answer(
+        NOERROR,
+        tuple(
+            (name, t, r)
+            for t in types
+            for r in zone.lookup(name, t)
+            if visible is None or _shown(zone, t, r, visible)
+        ),
+    )
+
+
+_TYPES: Final = (A, AAAA, PTR, SRV_TYPE)
+
+
+def _shown(zone: Zone, rtype: int, rdata: str, visible: frozenset[str]) -> bool:
+    """Whether a record leads only where the client may go: an address it may reach, or a name
+    (PTR, SRV target) with such an address."""
+    if rtype in (A, AAAA):
+        return rdata in visible
+    target = rdata if rtype == PTR else rdata.rsplit(" ", 1)[-1]
+    return any(a in visible for t in (A, AAAA) for a in zone.lookup(target, t))
 
 
 def _fabric_reverse(store: RecordStore, name: str) -> bool:

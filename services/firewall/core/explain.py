@@ -7,6 +7,8 @@ the destination's ingress. Pure.
 
 from __future__ import annotations
 
+from typing import Final
+
 from libs.common.messages import FlowQuery, Verdict
 from services.firewall.core.model import ICMP4, ICMP6, PROTOCOLS, Address, Direction, Model, grant_matches
 
@@ -97,3 +99,32 @@ def _allowed(model: Model, src: Address, dst: Address, proto: int, port: int | N
     if deciding is None:
         return Verdict(allowed=True, reason=reason)
     return Verdict(allowed=True, reason=reason, policy=deciding[0], rule=deciding[1], direction=deciding[2])
+
+
+_NAMES: Final = {6: "TCP", 17: "UDP", 132: "SCTP", ICMP4: "ICMP", ICMP6: "ICMP"}
+
+
+def reaches(model: Model, src: Address, dst: Address) -> bool:
+    """True if some new flow from `src` to `dst` is allowed (policy-scoped DNS asks this).
+
+    Any allowed flow is allowed by a grant of one side (or both sides are open), so the flows
+    worth asking `explain` about are one per grant that names the other end: its protocol and
+    its first port.
+    """
+    if src == dst:
+        return True  # to itself: never through the firewall
+    if src.version != dst.version:
+        return False
+    flows: set[tuple[int, int | None]] = {(6, 1)}  # both ends open: anything passes
+    sides: tuple[tuple[Address, Address, Direction], ...] = ((src, dst, "egress"), (dst, src, "ingress"))
+    for local, peer, direction in sides:
+        for g in model.grants_of(local, direction):
+            if peer in g.peer:
+                proto = 6 if g.proto is None else g.proto
+                port = None if proto in (ICMP4, ICMP6) else (g.ports[0] if g.ports else 1)
+                flows.add((proto, port))
+    for proto, port in sorted(flows, key=lambda f: (f[0], f[1] or 0)):
+        query = FlowQuery(source=src, destination=dst, protocol=_NAMES[proto], port=port or None)
+        if explain(model, query).allowed:
+            return True
+    return False
