@@ -229,6 +229,18 @@ def pids_in_netns(name: str) -> list[int]:
     return out
 
 
+def remove_namespace(name: str) -> None:
+    """Kill what still runs in a test namespace (by PID, nothing else), then delete it."""
+    from pyroute2 import netns
+
+    for pid in pids_in_netns(name):
+        try:
+            os.kill(pid, 9)
+        except ProcessLookupError:
+            pass
+    netns.remove(name)
+
+
 @contextlib.contextmanager
 def new_node(*, strict: bool = False) -> Iterator[str]:
     """A fresh network namespace playing one node, loopback up; deleted on exit.
@@ -249,12 +261,7 @@ def new_node(*, strict: bool = False) -> Iterator[str]:
             leftovers = pids_in_netns(name)
             assert not leftovers, f"processes left in {name}: {leftovers}"
     finally:
-        for pid in pids_in_netns(name):
-            try:
-                os.kill(pid, 9)
-            except ProcessLookupError:
-                pass
-        netns.remove(name)
+        remove_namespace(name)
 
 
 @pytest.fixture
@@ -290,12 +297,7 @@ def outside_host(
             out.link("set", index=idx, state="up")
         yield name
     finally:
-        for pid in pids_in_netns(name):
-            try:
-                os.kill(pid, 9)
-            except ProcessLookupError:
-                pass
-        netns.remove(name)
+        remove_namespace(name)
 
 
 class NodeClient:
