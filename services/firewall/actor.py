@@ -65,15 +65,11 @@ from services.firewall.adapters.nflog import Logged, NflogReader
 from services.firewall.adapters.nft import Nft
 from services.firewall.core import k8s
 from services.firewall.core.compiler import (
-    FAMILY,
     LOG_PREFIX,
-    TABLE,
     Compiled,
     compile_model,
-    group_chains,
-    group_counters,
-    group_sets,
 )
+from services.firewall.core.compiler import delta as _delta
 from services.firewall.core.explain import explain, reaches
 from services.firewall.core.keys import policy_key, ref_key
 from services.firewall.core.model import Model, build
@@ -611,42 +607,3 @@ def _unique() -> Callable[[Message], str]:
     """A mailbox key per request, so that requests which wait never hold up one another."""
     counter = iter(range(1 << 62))
     return lambda _: f"w{next(counter)}"
-
-
-def _delta(old: Compiled, new: Compiled) -> list[dict[str, Any]]:
-    """One batch from `old` to `new` with the same base: element deletions, the removal of groups
-    that are gone, the objects of new groups, then element additions (each step only refers to
-    what the steps before it left in place)."""
-    removed = sorted(set(old.groups) - set(new.groups))
-    added = sorted(set(new.groups) - set(old.groups))
-    dying = {(FAMILY, name) for gid in removed for name in group_sets(gid)}
-    deletes, adds = [], []
-    for key in sorted(set(old.elements) | set(new.elements)):
-        if old.elements.get(key) == new.elements.get(key):
-            continue  # the common case: compiled in the same order, so equal lists compare fast
-        family, name = key
-        # repr, not json.dumps: the compiler builds every element the same way each time, and
-        # repr is several times cheaper on sets of ten thousand elements.
-        before = {repr(e): e for e in old.elements.get(key, [])}
-        after = {repr(e): e for e in new.elements.get(key, [])}
-        target = {"family": family, "table": TABLE, "name": name}
-        gone = [before[k] for k in sorted(set(before) - set(after))]
-        if gone and key not in dying:
-            # Map elements are deleted by key alone.
-            keys = [e[0] if isinstance(e, list) else e for e in gone]
-            deletes.append({"delete": {"element": {**target, "elem": keys}}})
-        came = [after[k] for k in sorted(set(after) - set(before))]
-        if came:
-            adds.append({"add": {"element": {**target, "elem": came}}})
-    teardown: list[dict[str, Any]] = []
-    for gid in removed:
-        for chain in group_chains(gid):
-            teardown.append({"flush": {"chain": {"family": FAMILY, "table": TABLE, "name": chain}}})
-        for chain in group_chains(gid):
-            teardown.append({"delete": {"chain": {"family": FAMILY, "table": TABLE, "name": chain}}})
-        for name in group_sets(gid):
-            teardown.append({"delete": {"set": {"family": FAMILY, "table": TABLE, "name": name}}})
-        for name in group_counters(gid):
-            teardown.append({"delete": {"counter": {"family": FAMILY, "table": TABLE, "name": name}}})
-    build = [cmd for gid in added for cmd in new.groups[gid]]
-    return deletes + teardown + build + adds

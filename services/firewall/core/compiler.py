@@ -334,6 +334,67 @@ def _group_objects(gid: str) -> list[Json]:
     return out
 
 
+def group_objects(gid: str) -> list[Json]:
+    return _group_objects(gid)
+
+
+def group_counter_info(gid: str, network: str) -> dict[str, CounterInfo]:
+    out = {}
+    for d, direction in (("in", "ingress"), ("eg", "egress")):
+        out[f"acc_{d}_{gid}"] = CounterInfo("accept", direction, network, "", "")
+        out[f"dn_{d}_{gid}"] = CounterInfo("drop", direction, network, "default-deny", direction)
+    return out
+
+
+def group_elements(gid: str, grants: Iterable[Grant]) -> dict[tuple[str, str], list[Any]]:
+    """The elements of a group's eight sets from its normal-tier grants (both directions)."""
+    by_direction: dict[str, list[Grant]] = {"ingress": [], "egress": []}
+    for g in grants:
+        by_direction[g.direction].append(g)
+    out = {}
+    for direction, prefix in (("ingress", "in"), ("egress", "eg")):
+        for suffix, elems in _grant_elements(by_direction[direction]).items():
+            out[(FAMILY, f"{prefix}_{gid}_{suffix}")] = elems
+    return out
+
+
+def admin_name(rule: AdminRule) -> str:
+    return _admin_name(rule)
+
+
+def admin_elements(rule: AdminRule, grants: Iterable[Grant]) -> dict[tuple[str, str], list[Any]]:
+    """The elements of an admin rule's peer sets."""
+    name = _admin_name(rule)
+    return {(FAMILY, f"{name}_{suffix}"): elems for suffix, elems in _grant_elements(grants).items()}
+
+
+def endpoint_elements(
+    model_groups_of: dict[str, str], endpoint: Endpoint, opened: set[str]
+) -> dict[tuple[str, str], list[Any]]:
+    """The elements one local endpoint contributes outside its group's sets: verdict maps, the
+    local and open sets, anti-spoofing. `model_groups_of` maps its endpoint id to its group."""
+    gid = model_groups_of[endpoint.endpoint_id]
+    out: dict[tuple[str, str], list[Any]] = {}
+
+    def put(key: tuple[str, str], elem: Any) -> None:
+        out.setdefault(key, []).append(elem)
+
+    for a in sorted(i.ip for i in endpoint.addresses):
+        v = _v(a.version)
+        for direction in ("in", "eg"):
+            put((FAMILY, f"{direction}{v}"), [str(a), {"goto": {"target": f"{direction}_{gid}"}}])
+        put((FAMILY, f"local{v}"), str(a))
+        for direction, name in (("ingress", "in_open"), ("egress", "eg_open")):
+            if direction in opened:
+                put((FAMILY, f"{name}{v}"), str(a))
+    ifname, mac = endpoint.host_ifname, endpoint.mac
+    put((BRIDGE_FAMILY, "ports"), ifname)
+    put((BRIDGE_FAMILY, "portmac"), {"concat": [ifname, mac]})
+    for i in endpoint.addresses:
+        put((BRIDGE_FAMILY, "src4" if i.version == 4 else "src6"), {"concat": [ifname, mac, str(i.ip)]})
+    return out
+
+
 def compile_model(model: Model, endpoints: Iterable[Endpoint]) -> Compiled:
     """The fabric's nftables for this node: base, group objects and set elements."""
     structure: list[Json] = [
@@ -514,12 +575,10 @@ def compile_model(model: Model, endpoints: Iterable[Endpoint]) -> Compiled:
         groups[gid] = _group_objects(gid)
         member = next(iter(model.groups[gid]), None)
         network = model.by_address[member].network if member in model.by_address else ""
-        for d, direction in (("in", "ingress"), ("eg", "egress")):
-            counters[f"acc_{d}_{gid}"] = CounterInfo("accept", direction, network, "", "")
-            counters[f"dn_{d}_{gid}"] = CounterInfo("drop", direction, network, "default-deny", direction)
-        for direction, prefix in (("ingress", "in"), ("egress", "eg")):
-            for suffix, elems in _grant_elements(normal.get((gid, direction), [])).items():
-                put(f"{prefix}_{gid}_{suffix}", elems)
+        counters.update(group_counter_info(gid, network))
+        grants = normal.get((gid, "ingress"), []) + normal.get((gid, "egress"), [])
+        for key, elems in group_elements(gid, grants).items():
+            put(key[1], elems)
 
     _anti_spoofing(structure, elements, endpoints)
     counters["dn_antispoof"] = CounterInfo("drop", "", "", "anti-spoofing", "")
@@ -655,3 +714,43 @@ def _anti_spoofing(
     elements[(BRIDGE_FAMILY, "portmac")] = portmac
     elements[(BRIDGE_FAMILY, "src4")] = src4
     elements[(BRIDGE_FAMILY, "src6")] = src6
+
+
+def delta(old: Compiled, new: Compiled, keys: Iterable[tuple[str, str]] | None = None) -> list[Json]:
+    """One batch from `old` to `new` with the same base: element deletions, the removal of groups
+    that are gone, the objects of new groups, then element additions (each step only refers to
+    what the steps before it left in place). `keys`: the only element sets that may differ (an
+    incremental compile knows them), so ten thousand unchanged elements are not even compared."""
+    removed = sorted(set(old.groups) - set(new.groups))
+    added = sorted(set(new.groups) - set(old.groups))
+    dying = {(FAMILY, name) for gid in removed for name in group_sets(gid)}
+    deletes, adds = [], []
+    for key in sorted(set(old.elements) | set(new.elements) if keys is None else set(keys)):
+        if old.elements.get(key) == new.elements.get(key):
+            continue  # the common case: compiled in the same order, so equal lists compare fast
+        family, name = key
+        # repr, not json.dumps: the compiler builds every element the same way each time, and
+        # repr is several times cheaper on sets of ten thousand elements.
+        before = {repr(e): e for e in old.elements.get(key, [])}
+        after = {repr(e): e for e in new.elements.get(key, [])}
+        target = {"family": family, "table": TABLE, "name": name}
+        gone = [before[k] for k in sorted(set(before) - set(after))]
+        if gone and key not in dying:
+            # Map elements are deleted by key alone.
+            keys = [e[0] if isinstance(e, list) else e for e in gone]
+            deletes.append({"delete": {"element": {**target, "elem": keys}}})
+        came = [after[k] for k in sorted(set(after) - set(before))]
+        if came:
+            adds.append({"add": {"element": {**target, "elem": came}}})
+    teardown: list[dict[str, Any]] = []
+    for gid in removed:
+        for chain in group_chains(gid):
+            teardown.append({"flush": {"chain": {"family": FAMILY, "table": TABLE, "name": chain}}})
+        for chain in group_chains(gid):
+            teardown.append({"delete": {"chain": {"family": FAMILY, "table": TABLE, "name": chain}}})
+        for name in group_sets(gid):
+            teardown.append({"delete": {"set": {"family": FAMILY, "table": TABLE, "name": name}}})
+        for name in group_counters(gid):
+            teardown.append({"delete": {"counter": {"family": FAMILY, "table": TABLE, "name": name}}})
+    build = [cmd for gid in added for cmd in new.groups[gid]]
+    return deletes + teardown + build + adds

@@ -181,15 +181,23 @@ def _exclude(parts: list[Net], hole: Net) -> list[Net]:
 class _World:
     """Lookups over one snapshot of networks and endpoints."""
 
-    def __init__(self, networks: Sequence[Network], endpoints: Sequence[Endpoint]) -> None:
+    def __init__(
+        self,
+        networks: Sequence[Network],
+        endpoints: Sequence[Endpoint],
+        by_group: dict[str, list[Endpoint]] | None = None,
+    ) -> None:
         self.networks = {n.name: n for n in networks}
         self.endpoints = list(endpoints)
         self.net_labels = {n.name: network_labels(n.name, n.labels) for n in networks}
         # Selectors are judged once per identity group (same network and labels), not once per
         # endpoint: ten thousand endpoints of fifty label sets cost fifty matches per selector.
-        self.by_group: dict[str, list[Endpoint]] = {}
-        for e in self.endpoints:
-            self.by_group.setdefault(group_id(e), []).append(e)
+        # An incremental caller that keeps the grouping up to date passes it in.
+        if by_group is None:
+            by_group = {}
+            for e in self.endpoints:
+                by_group.setdefault(group_id(e), []).append(e)
+        self.by_group = by_group
         # A rule's peers depend on the rule and its home network only, not on the endpoint it is
         # compiled for: resolve each once, or building costs endpoints x peers per rule.
         self._peers: dict[tuple[int, str | None], list[Net]] = {}
@@ -370,69 +378,19 @@ def build(
     normal = [p for p in policies if p.tier == "normal"]
     admin = sorted((p for p in policies if p.tier == "admin"), key=lambda p: (p.priority, p.name))
     for gid, eps in members.items():
-        rep = eps[0]
-        net = world.networks[rep.network]
-        selecting = [
-            p for p in normal if p.network == rep.network and matches(p.endpoint_selector, rep.labels)
-        ]
-        for direction, type_name, opened in (("ingress", "Ingress", open_in), ("egress", "Egress", open_eg)):
-            relevant = [p for p in selecting if type_name in policy_types(p)]
-            if net.isolation == "default-allow" and not relevant:
-                opened.update(a for e in eps for a in _addresses(e))
-            for p in relevant:
-                for i, rule in enumerate(getattr(p, direction)):
-                    grants += _grants_for_rule(
-                        world,
-                        p,
-                        rule,
-                        f"{direction}[{i}]",
-                        direction,  # type: ignore[arg-type]
-                        rep,
-                        gid,
-                        net,
-                        "normal",
-                        (0, "", 0),
-                    )
+        group_grants, opened = grants_of_group(world, gid, eps[0], normal)
+        grants += group_grants
+        for direction, into in (("ingress", open_in), ("egress", open_eg)):
+            if direction in opened:
+                into.update(a for e in eps for a in _addresses(e))
     admin_rules: list[AdminRule] = []
     subjects: dict[str, frozenset[Address]] = {}
     for p in admin:
-        subject_nets = {
-            n.name
-            for n in (
-                world.networks_matching(p.network_selector)
-                if p.network_selector is not None
-                else world.networks.values()
-            )
-        }
-        chosen = frozenset(
-            a
-            for e in local_eps
-            if e.network in subject_nets and matches(p.endpoint_selector, e.labels)
-            for a in _addresses(e)
-        )
-        for direction in ("ingress", "egress"):
-            for i, rule in enumerate(getattr(p, direction)):
-                admin_rule = AdminRule(
-                    (p.priority, p.name, i),
-                    direction,  # type: ignore[arg-type]
-                    p.name,
-                    f"{direction}[{i}]",
-                    rule.action,
-                )
-                admin_rules.append(admin_rule)
-                subjects[admin_rule.key] = chosen
-                grants += _grants_for_rule(
-                    world,
-                    p,
-                    rule,
-                    admin_rule.rule,
-                    direction,  # type: ignore[arg-type]
-                    None,
-                    admin_rule.key,
-                    None,
-                    "admin",
-                    admin_rule.order,
-                )
+        chosen = frozenset(a for e in local_eps if admin_selects(world, p, e) for a in _addresses(e))
+        for admin_rule, rule_grants in admin_grants(world, p):
+            admin_rules.append(admin_rule)
+            subjects[admin_rule.key] = chosen
+            grants += rule_grants
     gateways = {n.gateway for n in networks} | {n.gateway6 for n in networks if n.gateway6 is not None}
     return Model(
         grants=tuple(sorted(set(grants), key=_grant_key)),
@@ -448,6 +406,100 @@ def build(
         admin_subjects=subjects,
         by_address={a: e for e in endpoints for a in _addresses(e)},
     )
+
+
+def grants_of_group(
+    world: _World, gid: str, rep: Endpoint, normal: Sequence[Policy]
+) -> tuple[list[Grant], set[str]]:
+    """The normal-tier grants of one identity group (`rep` is a member), and which of its
+    directions are open (not isolated)."""
+    grants: list[Grant] = []
+    opened: set[str] = set()
+    net = world.networks[rep.network]
+    selecting = [p for p in normal if p.network == rep.network and matches(p.endpoint_selector, rep.labels)]
+    for direction, type_name in (("ingress", "Ingress"), ("egress", "Egress")):
+        relevant = [p for p in selecting if type_name in policy_types(p)]
+        if net.isolation == "default-allow" and not relevant:
+            opened.add(direction)
+        for p in relevant:
+            for i, rule in enumerate(getattr(p, direction)):
+                grants += _grants_for_rule(
+                    world,
+                    p,
+                    rule,
+                    f"{direction}[{i}]",
+                    direction,  # type: ignore[arg-type]
+                    rep,
+                    gid,
+                    net,
+                    "normal",
+                    (0, "", 0),
+                )
+    return grants, opened
+
+
+def admin_selects(world: _World, policy: Policy, endpoint: Endpoint) -> bool:
+    """Whether an admin-tier policy applies to `endpoint` (its subjects)."""
+    if policy.network_selector is not None:
+        if not matches(policy.network_selector, world.net_labels.get(endpoint.network, {})):
+            return False
+    elif endpoint.network not in world.networks:
+        return False
+    return matches(policy.endpoint_selector, endpoint.labels)
+
+
+def admin_grants(world: _World, policy: Policy) -> list[tuple[AdminRule, list[Grant]]]:
+    """Each rule of an admin-tier policy with its grants."""
+    out = []
+    for direction in ("ingress", "egress"):
+        for i, rule in enumerate(getattr(policy, direction)):
+            admin_rule = AdminRule(
+                (policy.priority, policy.name, i),
+                direction,
+                policy.name,
+                f"{direction}[{i}]",
+                rule.action,
+            )
+            grants = _grants_for_rule(
+                world,
+                policy,
+                rule,
+                admin_rule.rule,
+                direction,
+                None,
+                admin_rule.key,
+                None,
+                "admin",
+                admin_rule.order,
+            )
+            out.append((admin_rule, grants))
+    return out
+
+
+def rule_involves(world: _World, rule: PolicyRule, home: Network | None, endpoint: Endpoint) -> bool:
+    """Whether `endpoint` can be among the peers a rule resolves to (a superset is fine: it only
+    costs recomputing a group whose grants come out the same)."""
+    if any(isinstance(port.port, str) for port in rule.ports):
+        return True  # named ports resolve against peer endpoints, even with no peers named
+    for peer in rule.peers:
+        if peer.ip_block is not None:
+            continue
+        if peer.identity is not None:
+            if fnmatch.fnmatchcase(endpoint.identity, peer.identity):
+                return True
+            continue
+        if peer.endpoint_selector is None:
+            continue  # a network selector alone stands for whole subnets
+        if peer.network_selector is not None:
+            labels = world.net_labels.get(endpoint.network)
+            in_scope = labels is not None and matches(peer.network_selector, labels)
+        else:
+            in_scope = (
+                endpoint.network == home.name if home is not None else endpoint.network in world.networks
+            )
+        if in_scope and matches(peer.endpoint_selector, endpoint.labels):
+            return True
+    return False
 
 
 def _grant_key(g: Grant) -> tuple[object, ...]:
