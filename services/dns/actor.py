@@ -225,7 +225,7 @@ class DnsActor:
                     lambda: self._answerer,
                     forward=self._forward_udp,
                     observe=self._observe,
-                    cached=lambda fwd: self._forwarder.cached(fwd.question),
+                    cached=lambda fwd: self._forwarder.cached_until(fwd.question),
                     rescope=self._rescope,
                 )
                 tcp = TcpListener(

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Final
 
 from services.dns.adapters.wire import (
+    EXACT_MAX,
     SERVFAIL,
     Answerer,
     Forward,
@@ -103,7 +104,7 @@ class UdpListener:
         *,
         forward: Callable[[Forward, Callable[[bytes], None]], None],
         observe: Observe,
-        cached: Callable[[Forward], bytes | None] = lambda fwd: None,
+        cached: Callable[[Forward], tuple[bytes, float] | None] = lambda fwd: None,
         rescope: Callable[[str, Callable[[], None]], None] = lambda client, then: None,
     ) -> None:
         self.address = address
@@ -113,6 +114,9 @@ class UdpListener:
         self._forward = forward
         self._observe = observe
         self._cached = cached  # a forwarded name's cached answer, served without the event loop
+        # Forwarded answers by query bytes after the id, as `exact` for fabric names, while they
+        # stay the same to the byte: (bytes after the id, counter key, monotonic time of expiry).
+        self._forwarded: dict[bytes, tuple[bytes, int, float]] = {}
         self._rescope = rescope  # learn a client's reachable addresses, then call back (event loop)
         family = socket.AF_INET6 if ":" in address else socket.AF_INET
         self._sock = socket.socket(family, socket.SOCK_DGRAM)
@@ -135,7 +139,7 @@ class UdpListener:
 
     def _loop(self) -> None:
         sock, network, counts = self._sock, self.network, self.counts
-        admit, clock = self._limiter.admit, time.perf_counter
+        admit, clock, forwarded = self._limiter.admit, time.monotonic, self._forwarded
         served = 0
         while not self._stopped:
             try:
@@ -150,6 +154,10 @@ class UdpListener:
             answerer = self._answerer()
             scope = answerer.scope_of(network, client[0]) if answerer.scoped else ""
             hit = answerer.exact(network, scope).get(packet[2:])
+            if hit is None:
+                fwd = forwarded.get(packet[2:])
+                if fwd is not None and fwd[2] > started:
+                    hit = fwd[:2]
             if hit is not None:
                 self._send(packet[:2] + hit[0], client)
                 counts[hit[1]] = counts.get(hit[1], 0) + 1
@@ -176,13 +184,16 @@ class UdpListener:
             if cached is None:
                 self._forward(out, self._replier(client))
                 return
-            out = cached
+            out, until = cached
+            if len(self._forwarded) >= EXACT_MAX:
+                self._forwarded.clear()
+            self._forwarded[bytes(packet[2:])] = (out[2:], stat_key(qtype_of(out), out), until)
         if out is not None:
             self._send(out, client)
             if len(out) >= 12:
                 key = stat_key(qtype_of(out), out)
                 self.counts[key] = self.counts.get(key, 0) + 1
-        self._observe(time.perf_counter() - started)
+        self._observe(time.monotonic() - started)
 
     def _replier(self, client: tuple[str, int]) -> Callable[[bytes], None]:
         return lambda data: self._send(data, client)

@@ -46,10 +46,17 @@ class Forwarder:
 
     def cached(self, q: Question) -> bytes | None:
         """The cached answer, if fresh (safe from the listener threads: one dict read)."""
+        hit = self.cached_until(q)
+        return None if hit is None else hit[0]
+
+    def cached_until(self, q: Question) -> tuple[bytes, float] | None:
+        """The cached answer and the monotonic time until which it stays the same to the byte
+        (its TTLs age in whole seconds), so a listener may send it again until then."""
         hit = self._cache.get((q.name, q.qtype, q.qclass))
         now = time.monotonic()
         if hit is not None and hit[0] > now:
-            return _patch(_aged(hit[2], int(now - hit[1])), q)
+            age = int(now - hit[1])
+            return _patch(_aged(hit[2], age), q), min(hit[0], hit[1] + age + 1)
         return None
 
     async def answer(self, q: Question, packet: bytes) -> bytes:
