@@ -279,7 +279,7 @@ async def _inner_nft(path: str) -> Json:
 
 async def _inner_apply_bench(sizes: list[int], reps: int, deltas: int) -> Json:
     """Part B, inside a throwaway namespace: model, compile, full apply, then deltas on the largest."""
-    from services.firewall.actor import _delta
+    from services.firewall.core.compiler import delta as _delta
     from services.firewall.core.compiler import Compiled, compile_model
     from services.firewall.core.model import build
 
@@ -309,6 +309,7 @@ async def _inner_apply_bench(sizes: list[int], reps: int, deltas: int) -> Json:
             started = time.perf_counter()
             counts = await nft.element_counts()
             listing = time.perf_counter() - started
+            incremental = await _incremental_changes(nft, networks, endpoints, policies, n, deltas * 3)
             mismatched = {
                 f"{family} {name}": [len(elems), None if counts is None else counts.get((family, name))]
                 for (family, name), elems in compiled.elements.items()
@@ -330,6 +331,7 @@ async def _inner_apply_bench(sizes: list[int], reps: int, deltas: int) -> Json:
                     "apply_replace_s": statistics.median(replaces),
                     "list_sets_s": listing,
                     "count_mismatch": mismatched,
+                    "incremental": incremental,
                 }
             )
         assert compiled is not None
@@ -375,6 +377,36 @@ async def _inner_apply_bench(sizes: list[int], reps: int, deltas: int) -> Json:
     finally:
         await nft.close()
     return out
+
+
+async def _incremental_changes(
+    nft: Any, networks: list[Network], endpoints: list[Endpoint], policies: list[Policy], n: int, rounds: int
+) -> Json:
+    """The agent's path for endpoint changes since issue 5: `Incremental.change`, `delta` over the
+    changed keys, one libnftables batch. Each round adds an endpoint, relabels it into another
+    group and removes it; each step is timed from the change to the kernel's commit."""
+    from services.firewall.core.compiler import delta
+    from services.firewall.core.incremental import Incremental
+
+    inc = Incremental(NODE)
+    inc.full(networks, endpoints, policies)
+    compile_s: list[float] = []
+    total_s: list[float] = []
+    for r in range(rounds):
+        new = synthetic_endpoint(n + r)
+        moved = new.model_copy(update={"labels": {"app": str((n + r + 1) % GROUPS)}})
+        for old, nxt in ((None, new), (new, moved), (moved, None)):
+            started = time.perf_counter()
+            before = inc.compiled
+            assert before is not None
+            after, keys, edits = inc.change(old, nxt)
+            commands = delta(before, after, keys, edits)
+            compiled_at = time.perf_counter()
+            await nft.apply(commands)
+            done = time.perf_counter()
+            compile_s.append(compiled_at - started)
+            total_s.append(done - started)
+    return {"compile_s": compile_s, "total_s": total_s}
 
 
 def _echo(conn: socket.socket) -> None:
@@ -826,6 +858,16 @@ def report_apply(b: Json) -> float:
                 f"   NOTE {s['endpoints']} endpoints: kernel set sizes differ from the compiled ones "
                 f"(set: [compiled, kernel]): {s['count_mismatch']}"
             )
+    print()
+    print("   endpoint change -> kernel, incremental (add, relabel to another group, remove; since issue 5):")
+    for s in b["sizes"]:
+        inc = s["incremental"]
+        print(
+            f"     {s['endpoints']:6} endpoints, {len(inc['total_s'])} changes:"
+            f" p50 {_ms(_pct(inc['total_s'], 0.5)):.2f} ms,"
+            f" p99 {_ms(_pct(inc['total_s'], 0.99)):.2f} ms (of which compile+delta p50"
+            f" {_ms(_pct(inc['compile_s'], 0.5)):.2f} ms, p99 {_ms(_pct(inc['compile_s'], 0.99)):.2f} ms)"
+        )
     d = b["delta"]
     apply_all = d["apply_add_s"] + d["apply_remove_s"]
     work = d["build_s"] + d["compile_s"] + d["digest_s"] + d["diff_s"] + statistics.median(apply_all)
@@ -845,7 +887,7 @@ def report_apply(b: Json) -> float:
         f"p99 {_ms(_pct(apply_all, 0.99)):.2f} ms (add p50 {_ms(_pct(d['apply_add_s'], 0.5)):.2f}, "
         f"remove p50 {_ms(_pct(d['apply_remove_s'], 0.5)):.2f})"
     )
-    return _ms(work)
+    return _ms(_pct(b["sizes"][-1]["incremental"]["total_s"], 0.99))
 
 
 # ---------------------------------------------------------------------- C: change to enforcement
@@ -1118,8 +1160,9 @@ def bench(args: argparse.Namespace) -> int:
             note = "" if max(sizes) >= TARGET_ENDPOINTS else f" (the target is at {TARGET_ENDPOINTS})"
             checks.append(
                 (
-                    f"[B] the actor's work per change at {max(sizes)} endpoints {work_ms:.0f} ms "
-                    f"< {TARGET_CHANGE_MS:.0f} ms (a lower bound of change-to-enforcement there){note}",
+                    f"[B] incremental endpoint change to kernel at {max(sizes)} endpoints,"
+                    f" p99 {work_ms:.1f} ms "
+                    f"< {TARGET_CHANGE_MS:.0f} ms{note}",
                     work_ms < TARGET_CHANGE_MS,
                 )
             )

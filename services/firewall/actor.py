@@ -67,10 +67,10 @@ from services.firewall.core import k8s
 from services.firewall.core.compiler import (
     LOG_PREFIX,
     Compiled,
-    compile_model,
 )
 from services.firewall.core.compiler import delta as _delta
 from services.firewall.core.explain import explain, reaches
+from services.firewall.core.incremental import Incremental
 from services.firewall.core.keys import policy_key, ref_key
 from services.firewall.core.model import Model, build
 from services.firewall.core.revoke import PROTOCOL_NAMES, flows_to_cut
@@ -123,6 +123,9 @@ class FirewallActor:
         self._conntrack = conntrack
         self._denied_log = denied_log
         self._by_address: tuple[int, dict[Any, Endpoint]] = (-2, {})
+        self._inc = Incremental(self._node)
+        self._dirty_endpoints: dict[str, Endpoint | None] = {}
+        self._structural = True
         self.known_networks: dict[str, Network] = {}
         self.known_endpoints: dict[str, Endpoint] = {}
         self.known_policies: dict[str, Policy] = {}
@@ -234,6 +237,11 @@ class FirewallActor:
                     if change is None:
                         self._synced[name].set()
                         continue
+                    if name == "ep":
+                        # What the last compile saw of this endpoint, for the incremental path.
+                        self._dirty_endpoints.setdefault(change.key, into.get(change.key))
+                    else:
+                        self._structural = True
                     if change.value is None:
                         into.pop(change.key, None)
                     else:
@@ -248,6 +256,7 @@ class FirewallActor:
                 raise
             except Exception as exc:  # the watch dies with the connection; start it again
                 log.warning("watch of %s failed: %s", kv.bucket, exc)
+                self._structural = True  # the replay is no change list: compile everything
                 await asyncio.sleep(1)
 
     def model(self, *, node: str | None) -> Any:
@@ -288,22 +297,53 @@ class FirewallActor:
             self._enforced(self._policy_seen, dict(self._endpoint_seen))
             return False
         policy_seen, endpoint_seen = self._policy_seen, dict(self._endpoint_seen)
-        local = [e for e in self.known_endpoints.values() if e.node == self._node]
-        model = self.model(node=self._node)
-        compiled = compile_model(model, local)
+        dirty, structural = self._dirty_endpoints, self._structural
+        self._dirty_endpoints, self._structural = {}, False
         started = time.perf_counter()
-        if self._applied is None or self._applied.structure_digest() != compiled.structure_digest():
-            await self._nft.apply(compiled.full())
-            kind = "full"
+        model: Model | None = None
+        previous = self._applied
+        if structural or previous is None or previous is not self._inc.compiled:
+            # Networks or policies changed (or the kernel is not known to hold the last output):
+            # the reference compile of everything, applied as a delta when the base is the same.
+            compiled = self._inc.full(
+                list(self.known_networks.values()),
+                list(self.known_endpoints.values()),
+                list(self.known_policies.values()),
+            )
+            model = self._inc.model
+            if previous is None or previous.structure_digest() != compiled.structure_digest():
+                await self._nft.apply(compiled.full())
+                kind = "full"
+            else:
+                commands = _delta(previous, compiled)
+                if commands:
+                    await self._nft.apply(commands)
+                kind = "delta"
         else:
-            commands = _delta(self._applied, compiled)
+            # Only endpoints changed: recompute what they touch, apply one small batch.
+            keys: set[tuple[str, str]] = set()
+            edits: dict[tuple[str, str], tuple[list[Any], list[Any]]] = {}
+            relabelled = False
+            compiled = previous
+            for eid, old in dirty.items():
+                new = self.known_endpoints.get(eid)
+                relabelled |= old is not None and new is not None and old.labels != new.labels
+                compiled, changed, edited = self._inc.change(old, new)
+                keys |= changed
+                for key, (gone, came) in edited.items():
+                    before = edits.get(key, ([], []))
+                    edits[key] = (before[0] + gone, before[1] + came)
+            commands = _delta(previous, compiled, keys, edits)
             if commands:
                 await self._nft.apply(commands)
-            kind = "delta"
+            kind = "endpoint"
+            if relabelled:  # flows of a relabelled endpoint may be denied now: judge them
+                model = self.model(node=self._node)
         self._apply_seconds.labels(kind).observe(time.perf_counter() - started)
         self._applied = compiled
         self._applied_revision = revision
-        await self._revoke(model, policy_seen)
+        if model is not None:
+            await self._revoke(model, policy_seen)
         self._enforced(policy_seen, endpoint_seen)
         self._elements.set(sum(len(v) for v in compiled.elements.values()))
         self._rules.set(sum(1 for c in compiled.structure if "rule" in c.get("add", {})))

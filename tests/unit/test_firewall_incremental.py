@@ -152,14 +152,14 @@ def test_every_incremental_change_equals_the_full_compile(seed: int) -> None:
             new = old.model_copy(update={"labels": dict(rng.choice(LABELS))})
         before = inc.compiled
         assert before is not None
-        after, keys = inc.change(old, new)
+        after, keys, edits = inc.change(old, new)
         if old is not None:
             del current[old.endpoint_id]
         if new is not None:
             current[new.endpoint_id] = new
         reference = Incremental("n1").full(NETWORKS, current.values(), POLICIES)
         assert canonical(after) == canonical(reference), f"step {i}: {old} -> {new}"
-        simulate(kernel, delta(before, after, keys))
+        simulate(kernel, delta(before, after, keys, edits))
         assert view(kernel) == view(state_of(reference)), f"step {i}: the delta does not reach the reference"
 
 
@@ -168,7 +168,7 @@ def test_a_change_touches_only_the_affected_sets() -> None:
     inc.full(NETWORKS, ENDPOINTS, POLICIES)
     # A new web endpoint: its own elements, and the peer sets of db (db-in) and red (red-in).
     web2 = endpoint("web2", BLUE, 11, {"app": "web", "tier": "front"})
-    _, keys = inc.change(None, web2)
+    _, keys, _ = inc.change(None, web2)
     names = {name for _, name in keys}
     assert {"in4", "eg4", "local4", "ports", "portmac", "src4"} <= names
     assert all(not n.startswith(("in_", "eg_")) or n.endswith(("_4p", "_4a", "_6p", "_6a")) for n in names)

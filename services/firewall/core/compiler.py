@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from ipaddress import IPv6Address, IPv6Network, ip_address, ip_network
 from typing import Any, Final
@@ -716,11 +716,17 @@ def _anti_spoofing(
     elements[(BRIDGE_FAMILY, "src6")] = src6
 
 
-def delta(old: Compiled, new: Compiled, keys: Iterable[tuple[str, str]] | None = None) -> list[Json]:
+def delta(
+    old: Compiled,
+    new: Compiled,
+    keys: Iterable[tuple[str, str]] | None = None,
+    edits: Mapping[tuple[str, str], tuple[list[Any], list[Any]]] | None = None,
+) -> list[Json]:
     """One batch from `old` to `new` with the same base: element deletions, the removal of groups
     that are gone, the objects of new groups, then element additions (each step only refers to
     what the steps before it left in place). `keys`: the only element sets that may differ (an
-    incremental compile knows them), so ten thousand unchanged elements are not even compared."""
+    incremental compile knows them), so ten thousand unchanged elements are not even compared;
+    `edits`: for some of those, the exact (removed, added) elements, so not even those are."""
     removed = sorted(set(old.groups) - set(new.groups))
     added = sorted(set(new.groups) - set(old.groups))
     dying = {(FAMILY, name) for gid in removed for name in group_sets(gid)}
@@ -729,6 +735,19 @@ def delta(old: Compiled, new: Compiled, keys: Iterable[tuple[str, str]] | None =
         if old.elements.get(key) == new.elements.get(key):
             continue  # the common case: compiled in the same order, so equal lists compare fast
         family, name = key
+        if edits is not None and key in edits:
+            gone_list, came_list = edits[key]
+            before = {repr(e): e for e in gone_list}
+            after = {repr(e): e for e in came_list}
+            for both in set(before) & set(after):  # taken out and put back: nothing to do
+                del before[both], after[both]
+            target = {"family": family, "table": TABLE, "name": name}
+            if before and key not in dying:
+                keys_ = [e[0] if isinstance(e, list) else e for e in before.values()]
+                deletes.append({"delete": {"element": {**target, "elem": keys_}}})
+            if after:
+                adds.append({"add": {"element": {**target, "elem": list(after.values())}}})
+            continue
         # repr, not json.dumps: the compiler builds every element the same way each time, and
         # repr is several times cheaper on sets of ten thousand elements.
         before = {repr(e): e for e in old.elements.get(key, [])}
