@@ -57,6 +57,7 @@ import argparse
 import asyncio
 import contextlib
 import errno
+import gc
 import json
 import os
 import select
@@ -279,8 +280,8 @@ async def _inner_nft(path: str) -> Json:
 
 async def _inner_apply_bench(sizes: list[int], reps: int, deltas: int) -> Json:
     """Part B, inside a throwaway namespace: model, compile, full apply, then deltas on the largest."""
-    from services.firewall.core.compiler import delta as _delta
     from services.firewall.core.compiler import Compiled, compile_model
+    from services.firewall.core.compiler import delta as _delta
     from services.firewall.core.model import build
 
     networks = [bench_network()]
@@ -390,6 +391,7 @@ async def _incremental_changes(
 
     inc = Incremental(NODE)
     inc.full(networks, endpoints, policies)
+    gc.freeze()  # as the agent does after a full compile
     compile_s: list[float] = []
     total_s: list[float] = []
     for r in range(rounds):

@@ -21,6 +21,7 @@ backoff; a periodic check re-applies everything if the kernel drifted.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import time
 from collections.abc import Callable
@@ -311,6 +312,9 @@ class FirewallActor:
                 list(self.known_policies.values()),
             )
             model = self._inc.model
+            # The ruleset lives until the next full compile and holds no cycles: keep the
+            # collector from walking its 10^5 objects in the middle of an endpoint change.
+            gc.freeze()
             if previous is None or previous.structure_digest() != compiled.structure_digest():
                 await self._nft.apply(compiled.full())
                 kind = "full"

@@ -23,6 +23,7 @@ from typing import Any
 from libs.common.messages import Endpoint, Network, Policy
 from libs.common.selectors import matches
 from services.firewall.core.compiler import (
+    BRIDGE_FAMILY,
     FAMILY,
     Compiled,
     admin_elements,
@@ -48,6 +49,7 @@ from services.firewall.core.model import (
 )
 
 Key = tuple[str, str]
+_PER_ENDPOINT = {"in", "eg", "local", "in_open", "eg_open"}  # the sets endpoint_elements() fills
 
 
 class Incremental:
@@ -83,6 +85,12 @@ class Incremental:
             gid = group_id(e)
             self._local.setdefault(gid, {})[e.endpoint_id] = e
             self._group_of[e.endpoint_id] = gid
+        # Index the per-endpoint sets now: the first change must not pay for it.
+        self._positions = {
+            key: (elems, {_ident(x): i for i, x in enumerate(elems)})
+            for key, elems in self.compiled.elements.items()
+            if key[0] == BRIDGE_FAMILY or key[1].rstrip("46") in _PER_ENDPOINT
+        }
         for gid, members in self._local.items():
             addresses = [a.ip for e in members.values() for a in e.addresses]
             self._opened[gid] = {
