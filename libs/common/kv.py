@@ -9,8 +9,9 @@ read, so two replicas never both win.
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
@@ -152,3 +153,20 @@ class TypedKV(Generic[M]):
                     log.warning("ignoring unverifiable change %s/%s: %s", self.bucket, entry.key, exc)
         finally:
             await watcher.stop()  # type: ignore[no-untyped-call]
+
+    async def follow(self, apply: Callable[[Change[M]], Awaitable[None]], synced: asyncio.Event) -> None:
+        """Apply every change, for ever: the current values first (then `synced` is set), then each
+        change as it happens. The watch dies with the connection; it is started again, and the
+        replay of current values (deletions included) brings `apply` back in step."""
+        while True:
+            try:
+                async for change in self.watch():
+                    if change is None:
+                        synced.set()
+                    else:
+                        await apply(change)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("watch of %s failed: %s", self.bucket, exc)
+                await asyncio.sleep(1)

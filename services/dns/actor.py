@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from ipaddress import ip_address
 from typing import Any
 
@@ -24,7 +24,7 @@ from prometheus_client.registry import Collector
 from libs.common.bus import Endpoint as BusEndpoint
 from libs.common.errors import Conflict, InvalidRequest, NotFound, QnfError
 from libs.common.ids import cmd_subject
-from libs.common.kv import TypedKV
+from libs.common.kv import Change, TypedKV
 from libs.common.messages import (
     Empty,
     Endpoint,
@@ -155,11 +155,11 @@ class DnsActor:
         self._loop = asyncio.get_running_loop()
         synced = [asyncio.Event() for _ in range(4)]
         self._tasks = [
-            asyncio.create_task(self._watch(self._networks_kv, self.networks, synced[0])),
-            asyncio.create_task(self._watch(self._endpoints_kv, self.known, synced[1])),
-            asyncio.create_task(self._watch(self._services_kv, self.services, synced[2])),
+            asyncio.create_task(self._follow(self._networks_kv, self.networks, synced[0])),
+            asyncio.create_task(self._follow(self._endpoints_kv, self.known, synced[1])),
+            asyncio.create_task(self._follow(self._services_kv, self.services, synced[2])),
             # Policies only matter to policy-scoped networks: a change forgets what clients may see.
-            asyncio.create_task(self._watch(self._policies_kv, self.policies, synced[3])),
+            asyncio.create_task(self._follow(self._policies_kv, self.policies, synced[3])),
         ]
         await asyncio.wait_for(asyncio.gather(*(e.wait() for e in synced)), 30)
         await self._rebuild()
@@ -173,24 +173,18 @@ class DnsActor:
         for tcp in self._tcp.values():
             await tcp.stop()
 
-    async def _watch(self, kv: TypedKV[Any], into: dict[str, Any], synced: asyncio.Event) -> None:
-        while True:
-            try:
-                async for change in kv.watch():
-                    if change is None:
-                        synced.set()
-                        continue
-                    if change.value is None:
-                        into.pop(change.key, None)
-                    else:
-                        into[change.key] = change.value
-                    if synced.is_set():
-                        await self._rebuild()
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                log.warning("watch of %s failed: %s", kv.bucket, exc)
-                await asyncio.sleep(1)
+    def _follow(
+        self, kv: TypedKV[Any], into: dict[str, Any], synced: asyncio.Event
+    ) -> Coroutine[Any, Any, None]:
+        async def changed(change: Change[Any]) -> None:
+            if change.value is None:
+                into.pop(change.key, None)
+            else:
+                into[change.key] = change.value
+            if synced.is_set():
+                await self._rebuild()
+
+        return kv.follow(changed, synced)
 
     async def _rebuild(self) -> None:
         self._hits_before += self._answerer.hits

@@ -34,7 +34,7 @@ from libs.common.bus import Bus
 from libs.common.envelope import Rejected
 from libs.common.errors import Conflict, Forbidden, NotFound, QnfError, Unauthorized, Unavailable
 from libs.common.ids import EVENTS_STREAM, EVENTS_SUBJECTS, SpiffeId
-from libs.common.kv import TypedKV
+from libs.common.kv import Change, TypedKV
 from libs.common.messages import (
     FabricEvent,
     GatewayRole,
@@ -147,7 +147,7 @@ class Gateway:
 
     async def start(self) -> None:
         """Follow `qnf-tokens` so that authentication is a dict lookup, not a bus round trip."""
-        self._watcher = asyncio.create_task(self._watch())
+        self._watcher = asyncio.create_task(self._kv.follow(self._changed, self._synced))
         await asyncio.wait_for(self._synced.wait(), 30)
 
     async def stop(self) -> None:
@@ -155,23 +155,11 @@ class Gateway:
             self._watcher.cancel()
             await asyncio.gather(self._watcher, return_exceptions=True)
 
-    async def _watch(self) -> None:
-        while True:
-            try:
-                async for change in self._kv.watch():
-                    if change is None:
-                        self._synced.set()
-                    elif change.value is None:
-                        self._tokens.pop(change.key, None)
-                    else:
-                        self._tokens[change.key] = change.value.model_copy(
-                            update={"revision": change.revision}
-                        )
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # the watch dies with the connection; start it again
-                log.warning("watch of %s failed: %s", TOKENS_BUCKET, exc)
-                await asyncio.sleep(1)
+    async def _changed(self, change: Change[TokenRecord]) -> None:
+        if change.value is None:
+            self._tokens.pop(change.key, None)
+        else:
+            self._tokens[change.key] = change.value.model_copy(update={"revision": change.revision})
 
     async def bootstrap_admin_token(self, path: Path) -> bool:
         """First start: if no live admin token exists, make one and write it 0600 to `path`."""

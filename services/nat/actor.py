@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from ipaddress import IPv4Address, IPv6Address
 from typing import Any, Literal
 
@@ -31,7 +31,7 @@ from libs.common.bus import Endpoint as BusEndpoint
 from libs.common.bus import current_sender
 from libs.common.errors import Conflict, InvalidRequest, NotFound, QnfError, Unavailable
 from libs.common.ids import endpoint_id
-from libs.common.kv import TypedKV
+from libs.common.kv import Change, TypedKV
 from libs.common.messages import (
     Endpoint,
     Message,
@@ -120,9 +120,9 @@ class NatActor:
 
     async def start(self) -> None:
         self._tasks = [
-            asyncio.create_task(self._watch(self._networks_kv, "net", self._on_network)),
-            asyncio.create_task(self._watch(self._endpoints_kv, "ep", self._on_endpoint)),
-            asyncio.create_task(self._watch(self._ports_kv, "port", self._on_port)),
+            asyncio.create_task(self._follow(self._networks_kv, "net", self._on_network)),
+            asyncio.create_task(self._follow(self._endpoints_kv, "ep", self._on_endpoint)),
+            asyncio.create_task(self._follow(self._ports_kv, "port", self._on_port)),
         ]
         await asyncio.wait_for(asyncio.gather(*(e.wait() for e in self._synced.values())), 30)
         for port in list(self.ports.values()):
@@ -140,20 +140,14 @@ class NatActor:
 
     # ------------------------------------------------------------------ desired state
 
-    async def _watch(self, kv: TypedKV[Any], name: str, apply: Callable[[str, Any], Awaitable[None]]) -> None:
-        while True:
-            try:
-                async for change in kv.watch():
-                    if change is None:
-                        self._synced[name].set()
-                        continue
-                    await apply(change.key, change.value)
-                    self._bump()
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # the watch dies with the connection; start it again
-                log.warning("watch of %s failed: %s", kv.bucket, exc)
-                await asyncio.sleep(1)
+    def _follow(
+        self, kv: TypedKV[Any], name: str, apply: Callable[[str, Any], Awaitable[None]]
+    ) -> Coroutine[Any, Any, None]:
+        async def changed(change: Change[Any]) -> None:
+            await apply(change.key, change.value)
+            self._bump()
+
+        return kv.follow(changed, self._synced[name])
 
     async def _on_network(self, key: str, value: Network | None) -> None:
         if value is None:
