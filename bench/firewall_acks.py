@@ -168,7 +168,7 @@ def main() -> int:
         try:
             f = flood(fabric, gw, args.flood)
             print(
-                f"denied-flow flood, {f['seconds']:g} s: {f['sent']} datagrams sent and dropped, "
+                f"denied-flow flood, {f['seconds']:g} s: {f['sent']} datagrams sent to a denied port, "
                 f"{f['events']} flow.denied events published; firewall agent CPU {f['cpu_s']:.2f} s "
                 f"({100 * f['cpu_s'] / f['seconds']:.1f}% of one CPU;"
                 f" idle: {100 * f['idle_cpu_s'] / f['seconds']:.1f}%)"
