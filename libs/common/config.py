@@ -46,6 +46,12 @@ class Settings(BaseSettings):
     max_clock_skew_s: float = Field(30.0, gt=0, le=600)
     cert_lifetime_h: float = Field(24.0, gt=0, le=24 * 90)
     request_timeout_s: float = Field(5.0, gt=0)
+    drift_check_s: float = Field(
+        10.0,
+        gt=0,
+        le=3600,
+        description="how often firewall and nat compare the kernel with what they applied",
+    )
     metrics_host: str = "127.0.0.1"
     metrics_base_port: int = Field(
         9460, ge=0, le=65535, description="service i listens on base+i; 0: ephemeral"

@@ -79,7 +79,6 @@ from services.firewall.core.validate import validate
 
 log = logging.getLogger("qnf.firewall")
 
-DRIFT_CHECK_S = 10.0
 RETRY_MAX_S = 30.0
 CONVERGENCE_TRACK_S = 60.0  # a change not acked everywhere by then counts as incomplete
 CUT_EVENTS_MAX = 100  # per change: every cut is counted, the first ones are also events
@@ -117,6 +116,7 @@ class FirewallActor:
     ) -> None:
         self._bus = ctx.bus
         self._node = ctx.settings.node
+        self._drift_check_s = ctx.settings.drift_check_s
         self._policies_kv = policies
         self._networks_kv = networks
         self._endpoints_kv = endpoints
@@ -274,7 +274,7 @@ class FirewallActor:
         delay = 0.5
         while True:
             try:
-                await asyncio.wait_for(self._changed.wait(), DRIFT_CHECK_S)
+                await asyncio.wait_for(self._changed.wait(), self._drift_check_s)
             except TimeoutError:
                 await self._check_drift()
                 continue
@@ -435,12 +435,19 @@ class FirewallActor:
     async def _check_drift(self) -> None:
         if self._applied is None:
             return
+        if await self._nft.unchanged():
+            return  # nobody committed to nf_tables here since our last apply: nothing drifted
+        applied = self._applied
         counts = await self._nft.element_counts()
-        want = {k: len(v) for k, v in self._applied.elements.items()}
+        if applied is not self._applied:
+            return  # we applied meanwhile (the listing runs beside applies): look again next time
+        want = {k: len(v) for k, v in applied.elements.items()}
         if counts is None or any(counts.get(k, -1) != n for k, n in want.items()):
             log.warning("the kernel drifted from the compiled firewall; re-applying it whole")
             self._applied = None
             self._changed.set()
+        else:
+            self._nft.checked()
 
     # ------------------------------------------------------------------ handlers
 

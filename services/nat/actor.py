@@ -52,7 +52,6 @@ from services.nat.core.ports import conflicting, host_address_error, port_id, sa
 
 log = logging.getLogger("qnf.nat")
 
-DRIFT_CHECK_S = 10.0
 RETRY_MAX_S = 30.0
 ENFORCE_WAIT_S = 10.0
 
@@ -81,6 +80,7 @@ class NatActor:
     ) -> None:
         self._bus = ctx.bus
         self._node = ctx.settings.node
+        self._drift_check_s = ctx.settings.drift_check_s
         self._ports_kv = ports
         self._networks_kv = networks
         self._endpoints_kv = endpoints
@@ -194,7 +194,7 @@ class NatActor:
         delay = 0.5
         while True:
             try:
-                await asyncio.wait_for(self._changed.wait(), DRIFT_CHECK_S)
+                await asyncio.wait_for(self._changed.wait(), self._drift_check_s)
             except TimeoutError:
                 await self._check_drift()
                 continue
@@ -241,19 +241,24 @@ class NatActor:
             raise Unavailable("recorded, but the node's NAT table has not applied it yet") from None
 
     async def _check_drift(self) -> None:
-        if self._applied is None:
-            return
+        if self._applied is None or await self._nft.unchanged():
+            return  # nobody committed to nf_tables here since our last apply: nothing drifted
+        applied = self._applied
         listed = await self._nft.list_table(FAMILY, TABLE)
+        if applied is not self._applied:
+            return  # we applied meanwhile (the listing runs beside applies): look again next time
         counts = {}
         for item in listed or []:
             obj = item.get("set") or item.get("map")
             if obj is not None:
                 counts[obj["name"]] = len(obj.get("elem", []))
-        want = {name: len(self._applied.elements[name]) for name in SETS + MAPS}
+        want = {name: len(applied.elements[name]) for name in SETS + MAPS}
         if listed is None or counts != want:
             log.warning("the kernel drifted from the compiled NAT table; re-applying it whole")
             self._applied = None
             self._changed.set()
+        else:
+            self._nft.checked()
 
     # ------------------------------------------------------------------ handlers
 

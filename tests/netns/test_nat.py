@@ -132,7 +132,9 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
     containers = Containers()
     servers: list[subprocess.Popen[str]] = []
     with (
-        fabric_on_new_node(Path(tmp_path_factory.mktemp("nat")) / "state") as fabric,
+        fabric_on_new_node(
+            Path(tmp_path_factory.mktemp("nat")) / "state", env={"QNF_DRIFT_CHECK_S": "1"}
+        ) as fabric,
         outside_host(fabric.ns, node_address=NODE_UPLINK, address=OUTSIDE) as outside,
     ):
         gw = fabric.client()
@@ -328,3 +330,38 @@ def test_conflicting_and_unknown_publishes_are_refused(env: Env) -> None:
     finally:
         env.gw.call(f"{NAT}.port.unpublish", {"id": port["id"]})
     assert env.gw.call(f"{NAT}.port.unpublish", {"id": port["id"]}) == {"existed": False}
+
+
+def test_a_kernel_that_drifted_is_put_back(env: Env) -> None:
+    """Someone deletes the NAT table or the firewall's set elements behind the agents' backs."""
+    port = env.publish("c1", 8300)
+    try:
+        table = env.nat_table()
+        for argv in (
+            ["nft", "delete", "table", "inet", "qnf_nat"],
+            ["nft", "flush", "map", "inet", "qnf_nat", "any4_addr"],
+        ):
+            out = env.fabric.exec(*argv)
+            assert out.returncode == 0, out.stderr
+            deadline = time.monotonic() + 10
+            while True:
+                listed = env.fabric.exec("nft", "-j", "list", "table", "inet", "qnf_nat")
+                if listed.returncode == 0 and env.nat_table() == table:
+                    break
+                assert time.monotonic() < deadline, f"{' '.join(argv)}: the NAT table was not put back"
+                time.sleep(0.2)
+        before = env.fabric.exec("nft", "-j", "list", "table", "bridge", "qnf").stdout
+        sets = [
+            o["set"]["name"] for o in json.loads(before)["nftables"] if "set" in o and o["set"].get("elem")
+        ]
+        assert sets, "the firewall's bridge table has no filled set to break"
+        assert env.fabric.exec("nft", "flush", "set", "bridge", "qnf", sets[0]).returncode == 0
+        deadline = time.monotonic() + 10
+        while True:
+            now = env.fabric.exec("nft", "-j", "list", "set", "bridge", "qnf", sets[0]).stdout
+            if json.loads(now)["nftables"][1]["set"].get("elem"):
+                break
+            assert time.monotonic() < deadline, "the firewall did not put its set back"
+            time.sleep(0.2)
+    finally:
+        env.gw.call(f"{NAT}.port.unpublish", {"id": port["id"]})
