@@ -126,6 +126,7 @@ class FirewallActor:
         self._by_address: tuple[int, dict[Any, Endpoint]] = (-2, {})
         self._inc = Incremental(self._node)
         self._dirty_endpoints: dict[str, Endpoint | None] = {}
+        self._dirty_policies: dict[str, Policy | None] = {}
         self._structural = True
         self.known_networks: dict[str, Network] = {}
         self.known_endpoints: dict[str, Endpoint] = {}
@@ -238,9 +239,11 @@ class FirewallActor:
                     if change is None:
                         self._synced[name].set()
                         continue
+                    # What the last compile saw of this endpoint or policy, for the incremental path.
                     if name == "ep":
-                        # What the last compile saw of this endpoint, for the incremental path.
                         self._dirty_endpoints.setdefault(change.key, into.get(change.key))
+                    elif name == "pol":
+                        self._dirty_policies.setdefault(change.key, into.get(change.key))
                     else:
                         self._structural = True
                     if change.value is None:
@@ -299,11 +302,20 @@ class FirewallActor:
             return False
         policy_seen, endpoint_seen = self._policy_seen, dict(self._endpoint_seen)
         dirty, structural = self._dirty_endpoints, self._structural
-        self._dirty_endpoints, self._structural = {}, False
+        dirty_policies = self._dirty_policies
+        self._dirty_endpoints, self._dirty_policies, self._structural = {}, {}, False
+        touched = [p for p in dirty_policies.values() if p is not None] + [
+            self.known_policies[k] for k in dirty_policies if k in self.known_policies
+        ]
         started = time.perf_counter()
         model: Model | None = None
         previous = self._applied
-        if structural or previous is None or previous is not self._inc.compiled:
+        if (
+            structural
+            or previous is None
+            or previous is not self._inc.compiled
+            or any(p.tier != "normal" for p in touched)  # the admin tier is the base: compile it all
+        ):
             # Networks or policies changed (or the kernel is not known to hold the last output):
             # the reference compile of everything, applied as a delta when the base is the same.
             compiled = self._inc.full(
@@ -337,11 +349,20 @@ class FirewallActor:
                 for key, (gone, came) in edited.items():
                     before = edits.get(key, ([], []))
                     edits[key] = (before[0] + gone, before[1] + came)
+            if touched:
+                # Normal-tier policies: only the local groups they select are recomputed.
+                changed_policies = self._inc.policies_changed(list(self.known_policies.values()), touched)
+                assert changed_policies is not None  # admin-tier changes took the full path above
+                compiled, changed, edited = changed_policies
+                keys |= changed
+                for key, (gone, came) in edited.items():
+                    before = edits.get(key, ([], []))
+                    edits[key] = (before[0] + gone, before[1] + came)
             commands = _delta(previous, compiled, keys, edits)
             if commands:
                 await self._nft.apply(commands)
-            kind = "endpoint"
-            if relabelled:  # flows of a relabelled endpoint may be denied now: judge them
+            kind = "policy" if touched else "endpoint"
+            if relabelled or touched:  # flows may be denied now: judge the established ones
                 model = self.model(node=self._node)
         self._apply_seconds.labels(kind).observe(time.perf_counter() - started)
         self._applied = compiled

@@ -8,7 +8,8 @@ labels touches far less:
 - the peer sets of the groups (and admin rules) whose rules can resolve to it as a peer.
 `Incremental` keeps the grouping and the last output, recomputes just those parts with the same
 functions the full compile uses, and says which sets changed, so the delta is one small batch.
-Networks and policies changing go through the full compile (they reshape everything anyway).
+A normal-tier policy change recomputes only the local groups it selects (before or after).
+Networks and admin-tier policies go through the full compile (they reshape the base).
 
 Pure: endpoints, networks and policies come in as values. Unit tests hold it equal to the full
 compile after every change.
@@ -114,8 +115,6 @@ class Incremental:
         elements = dict(prev.elements)
         groups = dict(prev.groups)
         counters = dict(prev.counters)
-        changed: set[Key] = set()
-        edits: dict[Key, tuple[list[Any], list[Any]]] = {}
 
         # The world after the change.
         if old is not None:
@@ -133,34 +132,9 @@ class Incremental:
         admin = sorted((p for p in self._policies if p.tier == "admin"), key=lambda p: (p.priority, p.name))
         touched = [e for e in (old, new) if e is not None]
 
-        def set_elements(key: Key, elems: list[Any]) -> None:
-            if elements.get(key) != elems:
-                elements[key] = elems
-                changed.add(key)
-
-        def edit(key: Key, drop: list[Any], add: list[Any]) -> None:
-            # Sets have no order: remove by swapping in the last element, found through an index
-            # of positions kept beside the list (a scan of ten thousand elements costs ~1 ms).
-            current = elements.get(key, [])
-            pos = self._positions.get(key)
-            if pos is None or pos[0] is not current:
-                pos = (current, {_ident(x): i for i, x in enumerate(current)})
-            index = pos[1]
-            elems = list(current)
-            for x in drop:
-                i = index.pop(_ident(x))
-                last = elems.pop()
-                if i < len(elems):
-                    elems[i] = last
-                    index[_ident(last)] = i
-            for x in add:
-                index[_ident(x)] = len(elems)
-                elems.append(x)
-            self._positions[key] = (elems, index)
-            elements[key] = elems
-            changed.add(key)
-            gone, came = edits.get(key, ([], []))
-            edits[key] = (gone + drop, came + add)
+        batch = _Batch(elements, self._positions)
+        set_elements, edit = batch.set_elements, batch.edit
+        changed, edits = batch.changed, batch.edits
 
         # The endpoint's own elements out, its group membership updated.
         affected: set[str] = set()
@@ -242,6 +216,85 @@ class Incremental:
 
         self.compiled = replace(prev, groups=groups, elements=elements, counters=counters)
         return self.compiled, changed, edits
+
+    def policies_changed(
+        self, policies: Sequence[Policy], touched: Iterable[Policy]
+    ) -> tuple[Compiled, set[Key], dict[Key, tuple[list[Any], list[Any]]]] | None:
+        """Apply a change of normal-tier policies: `policies` is the whole new list, `touched`
+        the changed ones as they were and as they are. Only the local groups either version
+        selects are recomputed (their grants, and their members' open-set membership when
+        isolation changed). None when the admin tier is involved: that is the full compile's."""
+        assert self.compiled is not None, "full() first"
+        touched = list(touched)
+        if any(p.tier != "normal" for p in touched):
+            return None
+        prev = self.compiled
+        self._policies = list(policies)
+        world = _World(self._networks, list(self._endpoints.values()), self._by_group)
+        normal = [p for p in self._policies if p.tier == "normal"]
+        batch = _Batch(dict(prev.elements), self._positions)
+        for gid, members in self._local.items():
+            rep = next(iter(members.values()))
+            if not any(
+                p.network == rep.network and matches(p.endpoint_selector, rep.labels) for p in touched
+            ):
+                continue
+            grants, opened = grants_of_group(world, gid, rep, normal)
+            for key, elems in group_elements(gid, grants).items():
+                batch.set_elements(key, elems)
+            if opened != self._opened[gid]:
+                for e in members.values():
+                    before = endpoint_elements(self._group_of, e, self._opened[gid])
+                    after = endpoint_elements(self._group_of, e, opened)
+                    for key in before.keys() | after.keys():
+                        drop = [x for x in before.get(key, []) if x not in after.get(key, [])]
+                        add = [x for x in after.get(key, []) if x not in before.get(key, [])]
+                        if drop or add:
+                            batch.edit(key, drop, add)
+                self._opened[gid] = opened
+        self.compiled = replace(prev, elements=batch.elements)
+        return self.compiled, batch.changed, batch.edits
+
+
+class _Batch:
+    """The element lists of one change being edited, and what the delta needs to know of it."""
+
+    def __init__(
+        self, elements: dict[Key, list[Any]], positions: dict[Key, tuple[list[Any], dict[Any, int]]]
+    ):
+        self.elements = elements
+        self.positions = positions
+        self.changed: set[Key] = set()
+        self.edits: dict[Key, tuple[list[Any], list[Any]]] = {}
+
+    def set_elements(self, key: Key, elems: list[Any]) -> None:
+        if self.elements.get(key) != elems:
+            self.elements[key] = elems
+            self.changed.add(key)
+
+    def edit(self, key: Key, drop: list[Any], add: list[Any]) -> None:
+        # Sets have no order: remove by swapping in the last element, found through an index
+        # of positions kept beside the list (a scan of ten thousand elements costs ~1 ms).
+        current = self.elements.get(key, [])
+        pos = self.positions.get(key)
+        if pos is None or pos[0] is not current:
+            pos = (current, {_ident(x): i for i, x in enumerate(current)})
+        index = pos[1]
+        elems = list(current)
+        for x in drop:
+            i = index.pop(_ident(x))
+            last = elems.pop()
+            if i < len(elems):
+                elems[i] = last
+                index[_ident(last)] = i
+        for x in add:
+            index[_ident(x)] = len(elems)
+            elems.append(x)
+        self.positions[key] = (elems, index)
+        self.elements[key] = elems
+        self.changed.add(key)
+        gone, came = self.edits.get(key, ([], []))
+        self.edits[key] = (gone + drop, came + add)
 
 
 def _ident(element: Any) -> Any:
