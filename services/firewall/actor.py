@@ -308,7 +308,8 @@ class FirewallActor:
             self.known_policies[k] for k in dirty_policies if k in self.known_policies
         ]
         started = time.perf_counter()
-        model: Model | None = None
+        model: Model | None = None  # the full compile's, when it ran
+        revoke = False
         previous = self._applied
         if (
             structural
@@ -324,6 +325,7 @@ class FirewallActor:
                 list(self.known_policies.values()),
             )
             model = self._inc.model
+            revoke = True
             # The ruleset lives until the next full compile and holds no cycles: keep the
             # collector from walking its 10^5 objects in the middle of an endpoint change.
             gc.freeze()
@@ -363,23 +365,31 @@ class FirewallActor:
                 await self._nft.apply(commands)
             kind = "policy" if touched else "endpoint"
             if relabelled or touched:  # flows may be denied now: judge the established ones
-                model = self.model(node=self._node)
+                revoke = True
         self._apply_seconds.labels(kind).observe(time.perf_counter() - started)
         self._applied = compiled
         self._applied_revision = revision
-        if model is not None:
-            await self._revoke(model, policy_seen)
+        # New flows are enforced from here: ack first, then cut what the change denies of the
+        # established ones (conntrack would let them pass), which takes a model of the world.
         self._enforced(policy_seen, endpoint_seen)
+        if revoke:
+            await self._revoke(model, policy_seen)
         self._elements.set(sum(len(v) for v in compiled.elements.values()))
         self._rules.set(sum(1 for c in compiled.structure if "rule" in c.get("add", {})))
         return True
 
-    async def _revoke(self, model: Model, policy_revision: int) -> None:
-        """Cut the established flows the new ruleset denies (conntrack would let them pass)."""
+    async def _revoke(self, model: Model | None, policy_revision: int) -> None:
+        """Cut the established flows the new ruleset denies (conntrack would let them pass).
+
+        `model`: the full compile's if it ran; else one is built, only if any flow is tracked."""
         if self._conntrack is None:
             return
         try:
             tracked = await self._conntrack.flows()
+            if not tracked:
+                return
+            if model is None:
+                model = self.model(node=self._node)
             doomed = set(flows_to_cut(model, list(self.known_policies.values()), (f for f, _ in tracked)))
             if not doomed:
                 return
