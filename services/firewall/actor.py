@@ -373,6 +373,7 @@ class FirewallActor:
         # established ones (conntrack would let them pass), which takes a model of the world.
         self._enforced(policy_seen, endpoint_seen)
         if revoke:
+            await asyncio.sleep(0)  # let the acks go out before the revocation's work
             await self._revoke(model, policy_seen)
         self._elements.set(sum(len(v) for v in compiled.elements.values()))
         self._rules.set(sum(1 for c in compiled.structure if "rule" in c.get("add", {})))
@@ -386,6 +387,10 @@ class FirewallActor:
             return
         try:
             tracked = await self._conntrack.flows()
+            # Only flows with a fabric endpoint of this node at one end are the firewall's (not,
+            # e.g., the node's own loopback connections): without any, no model is needed.
+            local = {a.ip for e in self.known_endpoints.values() if e.node == self._node for a in e.addresses}
+            tracked = [(f, h) for f, h in tracked if f.source in local or f.destination in local]
             if not tracked:
                 return
             if model is None:
