@@ -66,6 +66,9 @@ def add_commands(sub: Any) -> None:
     )
     p.add_argument("-f", "--file", type=Path, required=True)
     p.add_argument("--network", help="for a NetworkPolicy that names no namespace")
+    p.add_argument(
+        "--wait", type=float, metavar="S", help="then wait up to S seconds until every node enforces it"
+    )
     p = pol.add_parser("ls", parents=[common], help="list policies")
     p.add_argument("--network")
     for verb in ("get", "rm"):
@@ -77,6 +80,11 @@ def add_commands(sub: Any) -> None:
     p.add_argument("--to", dest="destination", required=True)
     p.add_argument("--protocol", default="TCP", choices=("TCP", "UDP", "SCTP", "ICMP"))
     p.add_argument("--port", type=int)
+    p = pol.add_parser(
+        "wait", parents=[common], help="wait until every node enforces a policy revision (exit 1 if not)"
+    )
+    p.add_argument("revision", type=int, help="from policy apply|get|rm (-o json)")
+    p.add_argument("--timeout", type=float, default=5.0, metavar="S", help="at most S seconds (≤ 60)")
 
     svc = sub.add_parser("service", help="DNS services").add_subparsers(dest="verb", required=True)
     p = svc.add_parser("create", parents=[common], help="a name for the endpoints a selector picks")
@@ -363,7 +371,10 @@ def _policy(args: argparse.Namespace, c: httpx.Client, verb: str | None) -> None
                 params=params,
                 headers={"content-type": "application/yaml"},
             )
-        _show(args, _check(r), _POLICY_COLS)
+        applied = _check(r)
+        _show(args, applied, _POLICY_COLS)
+        if args.wait is not None:
+            _wait(args, c, applied["revision"], args.wait)
     elif verb == "ls":
         _show(args, _all(c, "/v1/policies", params), _POLICY_COLS)
     elif verb == "get":
@@ -381,6 +392,20 @@ def _policy(args: argparse.Namespace, c: httpx.Client, verb: str | None) -> None
             word = "ALLOWED" if verdict["allowed"] else "DENIED"
             by = f" by {verdict['policy']}" if verdict.get("policy") else ""
             print(f"{word}{by}: {verdict['reason']}")
+    elif verb == "wait":
+        _wait(args, c, args.revision, args.timeout)
+
+
+def _wait(args: argparse.Namespace, c: httpx.Client, revision: int, timeout: float) -> None:
+    # The gateway answers within timeout_s plus its own request timeout; leave room for both.
+    r = c.post("/v1/policies:wait", json={"revision": revision, "timeout_s": timeout}, timeout=timeout + 30)
+    result = _check(r)
+    if args.output == "json":
+        _show(args, result)
+    elif result["complete"]:
+        print(f"revision {revision}: enforced on {', '.join(result['acked'])} ({result['seconds']:.2f} s)")
+    if not result["complete"]:
+        raise CliError(f"revision {revision}: not enforced on {', '.join(result['pending'])} in time")
 
 
 def _report(args: argparse.Namespace, removed: dict[str, Any], what: str, done: str = "removed") -> None:

@@ -7,6 +7,7 @@ name and a request model, and turn what comes back (a reply model, or a `QnfErro
     authenticate_token / authenticate_certificate  → Principal (or Unauthorized, counted + event)
     authorize(principal, role)                     → or Forbidden
     call(principal, op, request, node, precondition)  every bus call bounded by the request timeout
+                                                      (plus a waiting operation's own bounded wait)
     events(after_seq)                              verified events of QNF_EVENTS, as they come
     create_token / list_tokens / revoke_token      the tokens the gateway owns in `qnf-tokens`
 """
@@ -52,7 +53,7 @@ from libs.common.messages import (
 from libs.common.metrics import LATENCY_BUCKETS
 from libs.common.pki import spiffe_uri
 from services.gateway.core import tokens
-from services.gateway.core.operations import Operation, operation, role_allows
+from services.gateway.core.operations import Operation, operation, role_allows, wait_of
 
 log = logging.getLogger("qnf.gateway")
 
@@ -262,10 +263,12 @@ class Gateway:
         return await self._bus_call(op, request, node)
 
     async def _bus_call(self, op: Operation, request: BaseModel, node: str) -> BaseModel:
-        # Bus.request bounds the wait itself; wait_for also bounds a stalled connection.
+        # Bus.request bounds the wait itself; wait_for also bounds a stalled connection. An
+        # operation that waits on purpose (policy.wait) gets its own, bounded, wait on top.
+        timeout = self.timeout + wait_of(op, request)
         try:
             return await asyncio.wait_for(
-                self.bus.request(op.subject(node), request, op.reply, timeout=self.timeout), self.timeout + 1
+                self.bus.request(op.subject(node), request, op.reply, timeout=timeout), timeout + 1
             )
         except TimeoutError as exc:
             raise Unavailable(f"{op.service} did not answer {op.name} in time") from exc

@@ -86,6 +86,7 @@ _ALL: Final[list[Method]] = [
     Method("UpdatePolicy", "policy.update", body="policy", precondition=True),
     Method("DeletePolicy", "policy.delete", precondition=True),
     Method("ExplainFlow", "policy.explain"),
+    Method("WaitPolicy", "policy.wait"),
     Method("CreateService", "service.create"),
     Method("GetService", "service.get"),
     Method("ListServices", "service.list", items="services", key=_in_network, filters=("network",)),

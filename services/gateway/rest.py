@@ -49,6 +49,8 @@ from libs.common.messages import (
     PolicyList,
     PolicyRef,
     PolicySpec,
+    PolicyWait,
+    PolicyWaitResult,
     PolicyYaml,
     PortPublish,
     Problem,
@@ -502,6 +504,11 @@ def create_app(
     @app.post("/v1/policies:explain", response_model=Verdict, tags=["policies"])
     async def explain(request: Request, who: Caller, query: FlowQuery) -> Any:
         return await call(request, who, "policy.explain", query)
+
+    @app.post("/v1/policies:wait", response_model=PolicyWaitResult, tags=["policies"])
+    async def wait_policy(request: Request, who: Caller, wait: PolicyWait) -> Any:
+        """Wait (at most timeout_s, ≤ 60) until every node that must enforce `revision` does."""
+        return await call(request, who, "policy.wait", wait)
 
     @app.get("/v1/policies/{name}", response_model=Policy, tags=["policies"])
     async def get_policy(

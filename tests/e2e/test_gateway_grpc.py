@@ -304,6 +304,7 @@ def _request_for(rpc: str, net: str) -> Any:
         "ExplainFlow": lambda: pb.FlowQuery(
             source="10.1.0.2", destination="10.1.0.3", protocol="TCP", port=80
         ),
+        "WaitPolicy": lambda: pb.WaitPolicyRequest(revision=1, timeout_s=0.5),
         "CreateService": lambda: pb.ServiceSpec(name=ghost, network=net),
         "GetService": lambda: pb.GetServiceRequest(name=ghost, network=net),
         "ListServices": lambda: pb.ListServicesRequest(),
@@ -474,6 +475,26 @@ def test_policies_create_import_explain_update_stale_delete(admin: Api) -> None:
         assert admin.DeletePolicy(pb.DeletePolicyRequest(name="allow-web", network=net)).existed
         assert admin.DeletePolicy(pb.DeletePolicyRequest(name="web-allow", network=net)).existed
         assert list(admin.ListPolicies(pb.ListPoliciesRequest(network=net)).policies) == []
+    finally:
+        admin.DeleteNetwork(pb.DeleteNetworkRequest(name=net, force=True))
+
+
+def test_wait_policy_reports_the_nodes_that_enforce_a_revision(admin: Api) -> None:
+    net = _uniq("wait")
+    admin.CreateNetwork(pb.NetworkSpec(name=net, subnet=_subnet()))
+    try:
+        created = admin.CreatePolicy(pb.PolicySpec(name="waited", network=net))
+        result = admin.WaitPolicy(pb.WaitPolicyRequest(revision=created.revision, timeout_s=10))
+        assert result.revision == created.revision and result.complete
+        assert "n1" in result.acked and list(result.pending) == []
+        code, details = _code(
+            lambda: admin.WaitPolicy(pb.WaitPolicyRequest(revision=created.revision + 1_000_000, timeout_s=1))
+        )
+        assert code is Code.INVALID_ARGUMENT and details.startswith("revision"), details
+        code, details = _code(
+            lambda: admin.WaitPolicy(pb.WaitPolicyRequest(revision=created.revision, timeout_s=61))
+        )
+        assert code is Code.INVALID_ARGUMENT and details.startswith("timeout_s"), details
     finally:
         admin.DeleteNetwork(pb.DeleteNetworkRequest(name=net, force=True))
 

@@ -287,6 +287,7 @@ def _call_for(op: str, net: str) -> tuple[str, str, dict[str, Any]]:
             "/v1/policies:explain",
             {"json": {"source": "10.1.0.2", "destination": "10.1.0.3", "protocol": "TCP", "port": 80}},
         ),
+        "policy.wait": ("POST", "/v1/policies:wait", {"json": {"revision": 1, "timeout_s": 0.5}}),
         "service.create": ("POST", "/v1/services", {"json": {"name": ghost, "network": net}}),
         "service.get": ("GET", f"/v1/services/{ghost}", {"params": {"network": net}}),
         "service.list": ("GET", "/v1/services", {}),
@@ -520,6 +521,26 @@ def test_policies_json_yaml_explain_and_stale_revision(admin: httpx.Client) -> N
         admin.delete(f"/v1/networks/{net}", params={"force": True})
 
 
+def test_policy_wait_reports_the_nodes_that_enforce_a_revision(admin: httpx.Client) -> None:
+    net = _uniq("wait")
+    assert admin.post("/v1/networks", json={"name": net, "subnet": _subnet()}).status_code == 201
+    try:
+        created = admin.post("/v1/policies", json={"name": "waited", "network": net, "ingress": []})
+        assert created.status_code == 201, created.text
+        revision = created.json()["revision"]
+        r = admin.post("/v1/policies:wait", json={"revision": revision, "timeout_s": 10})
+        assert r.status_code == 200, r.text
+        result = r.json()
+        assert result["revision"] == revision and result["complete"] is True
+        assert "n1" in result["acked"] and result["pending"] == []
+        beyond = admin.post("/v1/policies:wait", json={"revision": revision + 1_000_000, "timeout_s": 1})
+        assert _problem(beyond, 422)["detail"].startswith("revision")
+        too_long = admin.post("/v1/policies:wait", json={"revision": revision, "timeout_s": 61})
+        assert "timeout_s" in _problem(too_long, 422)["detail"]
+    finally:
+        admin.delete(f"/v1/networks/{net}", params={"force": True})
+
+
 def test_services_crud(admin: httpx.Client) -> None:
     net = _uniq("svc")
     assert admin.post("/v1/networks", json={"name": net, "subnet": _subnet()}).status_code == 201
@@ -736,7 +757,15 @@ def test_cli_drives_the_api(inside: FabricNode, admin: httpx.Client, tmp_path: P
         spec.write_text(json.dumps({"name": "json-pol", "network": net, "ingress": [{}]}))
         _qnf(inside, operator, "policy", "apply", "-f", str(spec))
         spec.write_text(json.dumps({"name": "json-pol", "network": net, "ingress": []}))
-        _qnf(inside, operator, "policy", "apply", "-f", str(spec))  # exists: updated
+        waited = _qnf(inside, operator, "policy", "apply", "-f", str(spec), "--wait", "10").stdout
+        assert "json-pol" in waited and "enforced on n1" in waited  # exists: updated, then waited for
+        revision = json.loads(_qnf(inside, operator, "policy", "get", "json-pol", "--network", net).stdout)[
+            "revision"
+        ]
+        done = json.loads(_qnf(inside, operator, "policy", "wait", str(revision), "-o", "json").stdout)
+        assert done["complete"] is True and "n1" in done["acked"]
+        beyond = _qnf(inside, operator, "policy", "wait", str(revision + 1_000_000), check=False)
+        assert beyond.returncode == 1 and "422" in beyond.stderr and "revision" in beyond.stderr
         got = json.loads(_qnf(inside, operator, "policy", "get", "json-pol", "--network", net).stdout)
         assert got["ingress"] == []
         assert "web-allow" in _qnf(inside, operator, "policy", "ls", "--network", net).stdout

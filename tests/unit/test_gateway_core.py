@@ -5,10 +5,19 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from libs.common.messages import TokenRecord
+from libs.common.errors import InvalidRequest
+from libs.common.messages import FlowQuery, PolicyWait, TokenRecord
 from services.firewall.actor import FirewallActor
 from services.gateway.core import pagination, statuses, tokens
-from services.gateway.core.operations import OPERATIONS, ROLES, operation, request_of, role_allows
+from services.gateway.core.operations import (
+    MAX_WAIT_S,
+    OPERATIONS,
+    ROLES,
+    operation,
+    request_of,
+    role_allows,
+    wait_of,
+)
 from services.gateway.core.ratelimit import RateLimiter, retry_after_header
 
 
@@ -34,7 +43,7 @@ def test_every_bus_operation_matches_the_service_handler_tables() -> None:
     for resource, verbs in {
         "network": ("create", "get", "list", "update", "delete"),
         "endpoint": ("add", "remove", "labels", "get", "list"),
-        "policy": ("create", "get", "list", "update", "delete", "import", "explain"),
+        "policy": ("create", "get", "list", "update", "delete", "import", "explain", "wait"),
         "service": ("create", "get", "list", "delete"),
         "port": ("publish", "unpublish", "list"),
         "token": ("create", "list", "revoke"),
@@ -57,7 +66,7 @@ def test_roles_are_ordered_and_reads_are_viewer_writes_operator_tokens_admin() -
     for op in OPERATIONS.values():
         if op.name.startswith("token."):
             assert op.role == "admin"
-        elif op.name.endswith((".get", ".list", ".explain")):
+        elif op.name.endswith((".get", ".list", ".explain", ".wait")):
             assert op.role == "viewer", op.name
         else:
             assert op.role == "operator" and op.write, op.name
@@ -69,6 +78,17 @@ def test_request_of_names_the_bad_field() -> None:
     assert exc.value.errors()[0]["loc"] == ("subnet",)
     with pytest.raises(ValidationError):
         request_of(operation("network.create"), {"name": "blue", "subnet": "10.0.0.0/24", "color": 1})
+
+
+def test_only_policy_wait_waits_and_its_wait_is_bounded() -> None:
+    waits = operation("policy.wait")
+    assert wait_of(waits, PolicyWait(revision=3)) == 5.0
+    assert wait_of(waits, PolicyWait(revision=3, timeout_s=MAX_WAIT_S)) == MAX_WAIT_S
+    with pytest.raises(InvalidRequest) as exc:
+        wait_of(waits, PolicyWait(revision=3, timeout_s=MAX_WAIT_S + 1))
+    assert exc.value.message.startswith("timeout_s:")
+    assert [op.name for op in OPERATIONS.values() if op.wait_field is not None] == ["policy.wait"]
+    assert wait_of(operation("policy.explain"), FlowQuery(source="10.0.0.1", destination="10.0.0.2")) == 0.0
 
 
 def test_token_round_trip_and_refusals() -> None:

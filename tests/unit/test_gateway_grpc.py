@@ -12,7 +12,7 @@ from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from pydantic import BaseModel
 
 from libs.common.errors import InvalidRequest
-from libs.common.messages import FabricEvent, Policy, PolicySpec
+from libs.common.messages import FabricEvent, Policy, PolicySpec, PolicyWait
 from services.gateway import grpc_mapping
 from services.gateway.core.operations import OPERATIONS
 from services.gateway.proto.qnf.v1 import fabric_pb2 as pb
@@ -91,6 +91,13 @@ def test_unset_optional_fields_take_the_model_defaults_and_set_ones_are_kept() -
     assert call.request.model_dump(include={"mtu", "nat"}) == {"mtu": 1400, "nat": False}
 
 
+def test_wait_policy_leaves_the_timeout_to_the_model_unless_set() -> None:
+    wait = grpc_mapping.METHODS["WaitPolicy"]
+    assert grpc_mapping.to_call(wait, pb.WaitPolicyRequest(revision=9)).request == PolicyWait(revision=9)
+    call = grpc_mapping.to_call(wait, pb.WaitPolicyRequest(revision=9, timeout_s=0.5))
+    assert call.request == PolicyWait(revision=9, timeout_s=0.5) and call.precondition is None
+
+
 def test_update_labels_absent_differs_from_empty_and_revision_is_the_precondition() -> None:
     update = grpc_mapping.METHODS["UpdateNetwork"]
     absent = grpc_mapping.to_call(update, pb.UpdateNetworkRequest(name="blue", mtu=1400))
@@ -149,6 +156,8 @@ def test_policy_round_trips_with_named_and_numbered_ports_and_except() -> None:
         ),
         ("ListEndpoints", pb.ListEndpointsRequest(endpoint_node="x" * 300, page_size=5000), "page_size:"),
         ("ExplainFlow", pb.FlowQuery(source="10.0.0.1", destination="nowhere"), "destination:"),
+        ("WaitPolicy", pb.WaitPolicyRequest(), "revision:"),
+        ("WaitPolicy", pb.WaitPolicyRequest(revision=1, timeout_s=0), "timeout_s:"),
     ],
 )
 def test_invalid_requests_name_the_field(rpc: str, message: typing.Any, field: str) -> None:

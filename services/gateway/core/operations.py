@@ -7,6 +7,10 @@ its role check: a transport looks the operation up and the caller's role is comp
     scope "cluster"  →  qnf.v1.cmd.<service>.<verb>            any replica of the service
     scope "node"     →  qnf.v1.node.<node>.<service>.<verb>    the agent on that node
     scope "gateway"  →  answered by the gateway itself (tokens in `qnf-tokens`)
+
+An operation that waits on purpose (`policy.wait`) names the request field holding its wait;
+the bus call gets that long on top of the request timeout, and the field is bounded by
+`MAX_WAIT_S` so that no client can hold a call (and a firewall mailbox) open indefinitely.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from typing import Any, Final, Literal
 
 from pydantic import BaseModel
 
+from libs.common.errors import InvalidRequest
 from libs.common.ids import cmd_subject, node_subject
 from libs.common.messages import (
     Empty,
@@ -40,6 +45,8 @@ from libs.common.messages import (
     PolicyRef,
     PolicyRemoved,
     PolicySpec,
+    PolicyWait,
+    PolicyWaitResult,
     PolicyYaml,
     PortPublish,
     PublishedPort,
@@ -62,6 +69,8 @@ ROLES: Final[tuple[GatewayRole, ...]] = ("viewer", "operator", "admin")  # each 
 
 Scope = Literal["cluster", "node", "gateway"]
 
+MAX_WAIT_S: Final = 60.0
+
 
 def role_allows(have: GatewayRole, need: GatewayRole) -> bool:
     """True if a caller acting in `have` may call an operation that needs `need`."""
@@ -80,6 +89,7 @@ class Operation:
     verb: str
     scope: Scope = "cluster"
     write: bool = False
+    wait_field: str | None = None  # the request field (seconds) the service spends waiting
 
     def subject(self, node: str) -> str:
         """The bus subject; `node` matters only for node commands."""
@@ -98,8 +108,11 @@ def _op(
     service: str,
     *,
     scope: Scope = "cluster",
+    wait_field: str | None = None,
 ) -> Operation:
-    return Operation(name, role, request, reply, service, name, scope, write=role != "viewer")
+    return Operation(
+        name, role, request, reply, service, name, scope, write=role != "viewer", wait_field=wait_field
+    )
 
 
 _TABLE: Final[list[Operation]] = [
@@ -120,6 +133,7 @@ _TABLE: Final[list[Operation]] = [
     _op("policy.delete", "operator", PolicyRef, PolicyRemoved, "firewall"),
     _op("policy.import", "operator", PolicyYaml, Policy, "firewall"),
     _op("policy.explain", "viewer", FlowQuery, Verdict, "firewall"),
+    _op("policy.wait", "viewer", PolicyWait, PolicyWaitResult, "firewall", wait_field="timeout_s"),
     _op("service.create", "operator", ServiceSpec, Service, "dns"),
     _op("service.get", "viewer", ServiceRef, Service, "dns"),
     _op("service.list", "viewer", Empty, ServiceList, "dns"),
@@ -147,3 +161,13 @@ def operation(name: str) -> Operation:
 def request_of(op: Operation, fields: dict[str, Any]) -> BaseModel:
     """Build (and validate) the bus request of `op`; pydantic's ValidationError names bad fields."""
     return op.request.model_validate(fields)
+
+
+def wait_of(op: Operation, request: BaseModel) -> float:
+    """Seconds `op` may wait by design before it answers (0 for most); InvalidRequest above MAX_WAIT_S."""
+    if op.wait_field is None:
+        return 0.0
+    wait = float(getattr(request, op.wait_field))
+    if wait > MAX_WAIT_S:
+        raise InvalidRequest(f"{op.wait_field}: at most {MAX_WAIT_S:g} seconds through the API, not {wait:g}")
+    return wait

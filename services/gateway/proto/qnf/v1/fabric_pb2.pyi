@@ -523,6 +523,28 @@ class Verdict(_message.Message):
     direction: str
     def __init__(self, allowed: _Optional[bool] = ..., reason: _Optional[str] = ..., policy: _Optional[str] = ..., rule: _Optional[str] = ..., direction: _Optional[str] = ...) -> None: ...
 
+class WaitPolicyRequest(_message.Message):
+    __slots__ = ("revision", "timeout_s")
+    REVISION_FIELD_NUMBER: _ClassVar[int]
+    TIMEOUT_S_FIELD_NUMBER: _ClassVar[int]
+    revision: int
+    timeout_s: float
+    def __init__(self, revision: _Optional[int] = ..., timeout_s: _Optional[float] = ...) -> None: ...
+
+class WaitPolicyResponse(_message.Message):
+    __slots__ = ("revision", "complete", "acked", "pending", "seconds")
+    REVISION_FIELD_NUMBER: _ClassVar[int]
+    COMPLETE_FIELD_NUMBER: _ClassVar[int]
+    ACKED_FIELD_NUMBER: _ClassVar[int]
+    PENDING_FIELD_NUMBER: _ClassVar[int]
+    SECONDS_FIELD_NUMBER: _ClassVar[int]
+    revision: int
+    complete: bool
+    acked: _containers.RepeatedScalarFieldContainer[str]
+    pending: _containers.RepeatedScalarFieldContainer[str]
+    seconds: float
+    def __init__(self, revision: _Optional[int] = ..., complete: _Optional[bool] = ..., acked: _Optional[_Iterable[str]] = ..., pending: _Optional[_Iterable[str]] = ..., seconds: _Optional[float] = ...) -> None: ...
+
 class ServicePort(_message.Message):
     __slots__ = ("name", "port", "protocol")
     NAME_FIELD_NUMBER: _ClassVar[int]

@@ -119,6 +119,11 @@ class FabricStub:
                 request_serializer=services_dot_gateway_dot_proto_dot_qnf_dot_v1_dot_fabric__pb2.FlowQuery.SerializeToString,
                 response_deserializer=services_dot_gateway_dot_proto_dot_qnf_dot_v1_dot_fabric__pb2.Verdict.FromString,
                 _registered_method=True)
+        self.WaitPolicy = channel.unary_unary(
+                '/qnf.v1.Fabric/WaitPolicy',
+                request_serializer=services_dot_gateway_dot_proto_dot_qnf_dot_v1_dot_fabric__pb2.WaitPolicyRequest.SerializeToString,
+                response_deserializer=services_dot_gateway_dot_proto_dot_qnf_dot_v1_dot_fabric__pb2.WaitPolicyResponse.FromString,
+                _registered_method=True)
         self.CreateService = channel.unary_unary(
                 '/qnf.v1.Fabric/CreateService',
                 request_serializer=services_dot_gateway_dot_proto_dot_qnf_dot_v1_dot_fabric__pb2.ServiceSpec.SerializeToString,
@@ -284,6 +289,15 @@ class FabricServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def WaitPolicy(self, request, context):
+        """Wait until every node that must enforce a policy revision (from Create/Update/Delete/
+        ImportPolicy) does; at most timeout_s (default 5, at most 60). An unknown revision is
+        INVALID_ARGUMENT.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def CreateService(self, request, context):
         """Services: DNS names for the endpoints a selector picks.
         """
@@ -440,6 +454,11 @@ def add_FabricServicer_to_server(servicer, server):
                     servicer.ExplainFlow,
                     request_deserializer=services_dot_gateway_dot_proto_dot_qnf_dot_v1_dot_fabric__pb2.FlowQuery.FromString,
                     response_serializer=services_dot_gateway_dot_proto_dot_qnf_dot_v1_dot_fabric__pb2.Verdict.SerializeToString,
+            ),
+            'WaitPolicy': grpc.unary_unary_rpc_method_handler(
+                    servicer.WaitPolicy,
+                    request_deserializer=services_dot_gateway_dot_proto_dot_qnf_dot_v1_dot_fabric__pb2.WaitPolicyRequest.FromString,
+                    response_serializer=services_dot_gateway_dot_proto_dot_qnf_dot_v1_dot_fabric__pb2.WaitPolicyResponse.SerializeToString,
             ),
             'CreateService': grpc.unary_unary_rpc_method_handler(
                     servicer.CreateService,
@@ -956,6 +975,33 @@ class Fabric:
             '/qnf.v1.Fabric/ExplainFlow',
             services_dot_gateway_dot_proto_dot_qnf_dot_v1_dot_fabric__pb2.FlowQuery.SerializeToString,
             services_dot_gateway_dot_proto_dot_qnf_dot_v1_dot_fabric__pb2.Verdict.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WaitPolicy(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/qnf.v1.Fabric/WaitPolicy',
+            services_dot_gateway_dot_proto_dot_qnf_dot_v1_dot_fabric__pb2.WaitPolicyRequest.SerializeToString,
+            services_dot_gateway_dot_proto_dot_qnf_dot_v1_dot_fabric__pb2.WaitPolicyResponse.FromString,
             options,
             channel_credentials,
             insecure,
