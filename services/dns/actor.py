@@ -72,7 +72,6 @@ class DnsActor:
     ) -> None:
         self._bus = ctx.bus
         self._policies_kv = policies
-        self.policies: dict[str, Policy] = {}
         self._scope_requests: dict[str, asyncio.Future[None]] = {}
         self._forget: asyncio.TimerHandle | None = None
         self._networks_kv = networks
@@ -158,8 +157,9 @@ class DnsActor:
             asyncio.create_task(self._follow(self._networks_kv, self.networks, synced[0])),
             asyncio.create_task(self._follow(self._endpoints_kv, self.known, synced[1])),
             asyncio.create_task(self._follow(self._services_kv, self.services, synced[2])),
-            # Policies only matter to policy-scoped networks: a change forgets what clients may see.
-            asyncio.create_task(self._follow(self._policies_kv, self.policies, synced[3])),
+            # Policies only matter to policy-scoped networks: a change forgets what clients may
+            # see there, and nothing else (the records do not depend on policies).
+            asyncio.create_task(self._policies_kv.follow(self._policy_changed, synced[3])),
         ]
         await asyncio.wait_for(asyncio.gather(*(e.wait() for e in synced)), 30)
         await self._rebuild()
@@ -192,12 +192,8 @@ class DnsActor:
         self._answerer = Answerer(
             build(self.networks.values(), self.known.values(), self._domain, self.services.values()), scoped
         )
-        if scoped and self._loop is not None:
-            # The firewall learns the same change from its own watch, maybe later than we did:
-            # what a client may reach is asked again a moment after, not only now.
-            if self._forget is not None:
-                self._forget.cancel()
-            self._forget = self._loop.call_later(SCOPE_SETTLE_S, self._forget_scopes)
+        if scoped:
+            self._forget_scopes_again_soon()
         wanted: dict[str, str] = {}
         for net in self.networks.values():
             wanted[str(net.gateway)] = net.name
@@ -236,6 +232,20 @@ class DnsActor:
             udp.start()
             self._udp[address], self._tcp[address] = udp, tcp
             log.info("answering on %s:53 for network %s", address, network)
+
+    async def _policy_changed(self, _: Change[Policy]) -> None:
+        if self._answerer.scoped:
+            self._forget_scopes()
+            self._forget_scopes_again_soon()
+
+    def _forget_scopes_again_soon(self) -> None:
+        """The firewall learns a change from its own watch, maybe later than we did: what a
+        client may reach is asked again a moment after, not only now."""
+        if self._loop is None:
+            return
+        if self._forget is not None:
+            self._forget.cancel()
+        self._forget = self._loop.call_later(SCOPE_SETTLE_S, self._forget_scopes)
 
     def _forget_scopes(self) -> None:
         self._forget = None
