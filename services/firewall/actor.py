@@ -291,6 +291,7 @@ class FirewallActor:
                     log.exception("compiling the firewall failed (previous ruleset stays in force)")
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, RETRY_MAX_S)
+                self._structural = True  # whatever the failed step left half-done, compile it all
                 self._changed.set()
 
     async def reconcile_once(self) -> bool:

@@ -62,7 +62,7 @@ async def main():
         while data := await r.read(64):
             w.write(data)
             await w.drain()
-    await asyncio.start_server(echo, '0.0.0.0', {ECHO_PORT})
+    await asyncio.start_server(echo, None, {ECHO_PORT})  # IPv4 and IPv6
     class Echo(asyncio.DatagramProtocol):
         def connection_made(self, t): self.t = t
         def datagram_received(self, data, addr): self.t.sendto(data, addr)
@@ -116,6 +116,7 @@ class Env:
     admin: NodeClient
     containers: Containers
     srv_ip: str
+    srv_space: str
     bin_dir: Path
 
 
@@ -130,7 +131,10 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
         admin = fabric.client(SpiffeId.user("qnf.local", "admin"))
         server = None
         try:
-            gw.call(f"{CMD}.vnet.network.create", {"name": "zt", "subnet": "10.140.0.0/24"})
+            gw.call(
+                f"{CMD}.vnet.network.create",
+                {"name": "zt", "subnet": "10.140.0.0/24", "subnet6": "fd00:140::/64"},
+            )
             space, srv_ip = containers.attach(gw, "zt", "srv", labels={"app": "srv"})
             server = subprocess.Popen(
                 ["nsenter", f"--net=/run/netns/{space}", sys.executable, "-c", SERVER],
@@ -148,7 +152,7 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
                     "ingress": [{}],
                 },
             )
-            yield Env(fabric, gw, admin, containers, srv_ip, bin_dir)
+            yield Env(fabric, gw, admin, containers, srv_ip, space, bin_dir)
         finally:
             if server is not None:
                 server.kill()
@@ -357,10 +361,20 @@ def echo_times(proc: subprocess.Popen[str]) -> list[float]:
     return out  # type: ignore[no-any-return]
 
 
-@pytest.mark.parametrize("keep", [False, True], ids=["cut", "kept"])
-def test_a_change_that_denies_an_established_connection_cuts_it(env: Env, keep: bool) -> None:
-    app = f"tcp-{'keep' if keep else 'cut'}"
+def ipv6_of(env: Env, space: str) -> str:
+    ep = env.gw.call("qnf.v1.node.n1.vnet.endpoint.get", {"container_id": space, "ifname": "eth0"})
+    return next(a.split("/")[0] for a in ep["addresses"] if ":" in a)
+
+
+@pytest.mark.parametrize(
+    ("keep", "family"), [(False, 4), (True, 4), (False, 6)], ids=["cut", "kept", "cut-ipv6"]
+)
+def test_a_change_that_denies_an_established_connection_cuts_it(env: Env, keep: bool, family: int) -> None:
+    app = f"tcp-{'keep' if keep else 'cut'}-{family}"
     space, ip = env.containers.attach(env.gw, "zt", app, labels={"app": app})
+    target = env.srv_ip
+    if family == 6:
+        ip, target = ipv6_of(env, space), ipv6_of(env, env.srv_space)
 
     def allow(ports: list[int]) -> int:
         spec = {
@@ -375,7 +389,7 @@ def test_a_change_that_denies_an_established_connection_cuts_it(env: Env, keep: 
         return env.gw.call(f"{CMD}.firewall.policy.{verb}", spec)["revision"]  # type: ignore[no-any-return]
 
     assert wait_policy(env, allow([ECHO_PORT]))["complete"]
-    proc = stream(space, env.srv_ip, 3.0)
+    proc = stream(space, target, 3.0)
     time.sleep(1.0)
     revision = allow([80])  # the flow in progress is now denied to new connections
     changed = time.time()
@@ -391,7 +405,7 @@ def test_a_change_that_denies_an_established_connection_cuts_it(env: Env, keep: 
         cuts = [
             e
             for e in env.gw.events("qnf.v1.evt.firewall.connection.cut")
-            if e["source"] == ip and e["destination"] == env.srv_ip and e["port"] == ECHO_PORT
+            if e["source"] == ip and e["destination"] == target and e["port"] == ECHO_PORT
         ]
         assert len(cuts) == 1 and cuts[0]["protocol"] == "TCP", cuts
     env.gw.call(f"{CMD}.firewall.policy.delete", {"name": f"{app}-out", "network": "zt"})

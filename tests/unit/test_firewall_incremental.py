@@ -240,3 +240,20 @@ def test_an_admin_policy_change_is_left_to_the_full_compile() -> None:
     inc.full(NETWORKS, ENDPOINTS, POLICIES)
     admin = [p for p in POLICIES if p.tier == "admin"]
     assert inc.policies_changed(POLICIES, admin[:1]) is None
+
+
+def test_a_dual_stack_endpoint_changes_incrementally() -> None:
+    """IPv4 and IPv6 addresses of one endpoint do not compare: nothing may sort them together."""
+    from ipaddress import ip_interface
+
+    dual = endpoint("dual", BLUE, 77, {"app": "web"})
+    dual = dual.model_copy(update={"addresses": [*dual.addresses, ip_interface("fd00:77::77/64")]})
+    inc = Incremental("n1")
+    before = inc.full(NETWORKS, ENDPOINTS, POLICIES)
+    kernel = state_of(before)
+    after, keys, edits = inc.change(None, dual)
+    reference = Incremental("n1").full(NETWORKS, [*ENDPOINTS, dual], POLICIES)
+    assert canonical(after) == canonical(reference)
+    simulate(kernel, delta(before, after, keys, edits))
+    assert view(kernel) == view(state_of(reference))
+    assert any(name.endswith("6") for _, name in keys)  # its IPv6 address is in the v6 sets

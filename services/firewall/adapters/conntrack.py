@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import socket
 from concurrent.futures import ThreadPoolExecutor
 from ipaddress import ip_address
 from typing import Any, Protocol
@@ -30,25 +31,26 @@ class NetlinkConntrack:
 
     def __init__(self) -> None:
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="conntrack")
-        self._ct: Any = None
+        self._ct: dict[int, Any] = {}
 
-    def _sock(self) -> Any:
-        if self._ct is None:
+    def _sock(self, family: int) -> Any:
+        # One socket per family: a ctnetlink dump returns the family its request names.
+        if family not in self._ct:
             from pyroute2 import Conntrack
 
-            self._ct = Conntrack()
-        return self._ct
+            self._ct[family] = Conntrack(nfgen_family=family)
+        return self._ct[family]
 
     def _flows(self) -> list[tuple[Flow, Any]]:
-        # pyroute2 0.9 dumps the IPv4 table only: IPv6 flows are not revoked yet.
         out = []
         try:
-            for entry in self._sock().dump_entries():
-                t = entry.tuple_orig
-                if t.saddr is None or t.daddr is None or t.proto is None:
-                    continue
-                flow = Flow(ip_address(t.saddr), ip_address(t.daddr), int(t.proto), t.dport)
-                out.append((flow, t))
+            for family in (socket.AF_INET, socket.AF_INET6):
+                for entry in self._sock(family).dump_entries():
+                    t = entry.tuple_orig
+                    if t.saddr is None or t.daddr is None or t.proto is None:
+                        continue
+                    flow = Flow(ip_address(t.saddr), ip_address(t.daddr), int(t.proto), t.dport)
+                    out.append((flow, t))
         except (OSError, NetlinkError) as exc:
             raise AdapterError(f"reading conntrack failed: {exc}") from exc
         return out
@@ -57,7 +59,7 @@ class NetlinkConntrack:
         done = 0
         for t in handles:
             try:
-                self._sock().entry("del", tuple_orig=t)
+                self._sock(t.family).entry("del", tuple_orig=t)
                 done += 1
             except (OSError, NetlinkError) as exc:
                 if getattr(exc, "code", None) != errno.ENOENT:  # gone already: fine
@@ -71,7 +73,7 @@ class NetlinkConntrack:
         return await asyncio.get_running_loop().run_in_executor(self._pool, self._delete, handles)
 
     async def close(self) -> None:
-        if self._ct is not None:
-            ct, self._ct = self._ct, None
+        socks, self._ct = list(self._ct.values()), {}
+        for ct in socks:
             await asyncio.get_running_loop().run_in_executor(self._pool, ct.close)
         self._pool.shutdown(wait=False)

@@ -379,7 +379,9 @@ def endpoint_elements(
     def put(key: tuple[str, str], elem: Any) -> None:
         out.setdefault(key, []).append(elem)
 
-    for a in sorted(i.ip for i in endpoint.addresses):
+    for a in sorted(
+        (i.ip for i in endpoint.addresses), key=lambda a: (a.version, int(a))
+    ):  # v4 and v6 do not compare
         v = _v(a.version)
         for direction in ("in", "eg"):
             put((FAMILY, f"{direction}{v}"), [str(a), {"goto": {"target": f"{direction}_{gid}"}}])

@@ -307,7 +307,7 @@ def _ident(element: Any) -> Any:
 
 
 def _addresses(endpoint: Endpoint, version: int) -> list[str]:
-    return [str(a) for a in sorted(i.ip for i in endpoint.addresses) if a.version == version]
+    return [str(a) for a in sorted(i.ip for i in endpoint.addresses if i.version == version)]
 
 
 def canonical(compiled: Compiled) -> tuple[Any, Any, Any, Any]:
