@@ -30,9 +30,11 @@ CMD = "qnf.v1.cmd"
 NAT = "qnf.v1.node.n1.nat"
 NODE_UPLINK = "192.0.2.1"
 OUTSIDE = "192.0.2.2"
+NODE_UPLINK6 = "2001:db8::1"
+OUTSIDE6 = "2001:db8::2"
 
 SERVER = """
-import asyncio, sys
+import asyncio, socket, sys
 ports = [int(p) for p in sys.argv[1:]]
 async def main():
     async def answer(r, w):
@@ -42,8 +44,11 @@ async def main():
         def datagram_received(self, data, addr): self.t.sendto(addr[0].encode(), addr)
     loop = asyncio.get_running_loop()
     for port in ports:
-        await asyncio.start_server(answer, '0.0.0.0', port)
+        await asyncio.start_server(answer, None, port)  # IPv4 and IPv6
         await loop.create_datagram_endpoint(Echo, local_addr=('0.0.0.0', port))
+        v6 = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+        v6.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1); v6.bind(('::', port))
+        await loop.create_datagram_endpoint(Echo, sock=v6)
     print('ready', flush=True)
     await asyncio.Event().wait()
 asyncio.run(main())
@@ -56,7 +61,8 @@ try:
     if proto == 'tcp':
         s = socket.create_connection((host, port), timeout=1.5)
     else:
-        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.settimeout(1.5); s.sendto(b'x', (host, port))
+        family = socket.AF_INET6 if ':' in host else socket.AF_INET
+        s = socket.socket(family, socket.SOCK_DGRAM); s.settimeout(1.5); s.sendto(b'x', (host, port))
     print(s.recv(64).decode() or 'empty')
 except OSError:
     print('blocked')
@@ -139,7 +145,10 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
     ):
         gw = fabric.client()
         try:
-            gw.call(f"{CMD}.vnet.network.create", {"name": "pub", "subnet": "10.140.0.0/24"})
+            gw.call(
+                f"{CMD}.vnet.network.create",
+                {"name": "pub", "subnet": "10.140.0.0/24", "subnet6": "fd00:140::/64"},
+            )
             gw.call(f"{CMD}.vnet.network.create", {"name": "nomasq", "subnet": "10.141.0.0/24", "nat": False})
             spaces, ips = {}, {}
             for name, network in (("c1", "pub"), ("c2", "pub"), ("c3", "nomasq")):
@@ -365,3 +374,44 @@ def test_a_kernel_that_drifted_is_put_back(env: Env) -> None:
             time.sleep(0.2)
     finally:
         env.gw.call(f"{NAT}.port.unpublish", {"id": port["id"]})
+
+
+def test_ipv6_masquerade_and_published_ports(env: Env) -> None:
+    """The same table serves IPv6: masquerade out, a published port in, the client seen as is."""
+    ep = env.gw.call("qnf.v1.node.n1.vnet.endpoint.get", {"container_id": env.spaces["c1"], "ifname": "eth0"})
+    c1_v6 = next(a.split("/")[0] for a in ep["addresses"] if ":" in a)
+    out6 = {
+        "name": "c1-out6",
+        "network": "pub",
+        "endpointSelector": {"matchLabels": {"app": "c1"}},
+        "policyTypes": ["Egress"],
+        "egress": [{"peers": [{"ipBlock": {"cidr": "2001:db8::/64"}}]}],
+    }
+    in6 = {
+        **OPEN_C1_TO_OUTSIDE,
+        "ingress": [
+            {
+                "peers": [{"ipBlock": {"cidr": "2001:db8::/64"}}, {"ipBlock": {"cidr": "192.0.2.0/24"}}],
+                "ports": [{"port": 80}],
+            }
+        ],
+    }
+    env.set_policies([out6, in6])
+    deadline = time.monotonic() + 5  # the container's IPv6 address may still be settling
+    while (seen := env.ask(env.spaces["c1"], "tcp", OUTSIDE6, 7000)) == "blocked":
+        assert time.monotonic() < deadline, "no IPv6 connection from the container to the outside"
+        time.sleep(0.2)
+    assert seen == NODE_UPLINK6  # masqueraded to the node's IPv6 address
+    port = env.publish("c1", 8086)
+    try:
+        assert env.ask(env.outside, "tcp", NODE_UPLINK6, 8086) == OUTSIDE6
+        assert env.ask(env.outside, "tcp", NODE_UPLINK, 8086) == OUTSIDE  # and IPv4, one mapping
+        assert [c1_v6, 80] in [[a, p] for _, a, p in _flat6(env.nat_table())]
+    finally:
+        env.gw.call(f"{NAT}.port.unpublish", {"id": port["id"]})
+
+
+def _flat6(table: dict[str, list]) -> list[list]:
+    addr = {json.dumps(k): v for k, v in table.get("any6_addr", [])}
+    port = {json.dumps(k): v for k, v in table.get("any6_port", [])}
+    return [[json.loads(k)["concat"][1], addr[k], port[k]] for k in addr]

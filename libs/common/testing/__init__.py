@@ -273,12 +273,19 @@ def node_netns() -> Iterator[str]:
 
 @contextlib.contextmanager
 def outside_host(
-    node_ns: str, *, node_address: str = "192.0.2.1", address: str = "192.0.2.2", prefixlen: int = 24
+    node_ns: str,
+    *,
+    node_address: str = "192.0.2.1",
+    address: str = "192.0.2.2",
+    prefixlen: int = 24,
+    node_address6: str = "2001:db8::1",
+    address6: str = "2001:db8::2",
 ) -> Iterator[str]:
     """A namespace beyond the node's uplink, "the outside world", with no route into the fabric.
 
     The veth is made inside the node namespace and one end moved out (never in root); the node
-    end `up0` gets `node_address`. Yields the namespace's name; removes it on exit.
+    end `up0` gets `node_address` and `node_address6` (/64, no duplicate detection, so usable at
+    once), the outside end the others. Yields the namespace's name; removes it on exit.
     """
     from pyroute2 import NetNS, netns
 
@@ -289,11 +296,13 @@ def outside_host(
             node.link("add", ifname="up0", kind="veth", peer={"ifname": "out0", "net_ns_fd": name})
             up = node.link_lookup(ifname="up0")[0]
             node.addr("add", index=up, address=node_address, prefixlen=prefixlen)
+            node.addr("add", index=up, address=node_address6, prefixlen=64, flags=0x02)  # IFA_F_NODAD
             node.link("set", index=up, state="up")
         with NetNS(name) as out:
             out.link("set", index=out.link_lookup(ifname="lo")[0], state="up")
             idx = out.link_lookup(ifname="out0")[0]
             out.addr("add", index=idx, address=address, prefixlen=prefixlen)
+            out.addr("add", index=idx, address=address6, prefixlen=64, flags=0x02)
             out.link("set", index=idx, state="up")
         yield name
     finally:
