@@ -64,11 +64,11 @@ def timed(gw: NodeClient, subject: str, body: dict[str, object]) -> float:
 
 
 def apply_histogram(fabric: FabricNode) -> tuple[float, float]:
-    """(sum seconds, count) of the nat agent's delta applies so far."""
+    """(sum seconds, count) of the nat agent's port applies so far."""
     code = f"import urllib.request;print(urllib.request.urlopen({NAT_METRICS!r}, timeout=10).read().decode())"
     text = fabric.exec(sys.executable, "-c", code).stdout
-    total = re.search(r'qnf_nat_apply_seconds_sum\{kind="delta"\} (\S+)', text)
-    count = re.search(r'qnf_nat_apply_seconds_count\{kind="delta"\} (\S+)', text)
+    total = re.search(r'qnf_nat_apply_seconds_sum\{kind="ports"\} (\S+)', text)
+    count = re.search(r'qnf_nat_apply_seconds_count\{kind="ports"\} (\S+)', text)
     return (float(total.group(1)) if total else 0.0, float(count.group(1)) if count else 0.0)
 
 
@@ -138,7 +138,7 @@ def run(seconds: int, ports: int, n: int) -> None:
     print(f"  unpublish / echo p50          {statistics.median(unpub) / floor:8.2f}x")
     (s0, c0), (s1, c1) = apply_before, apply_after
     if c1 > c0:
-        print(f"  agent's kernel apply, mean    {(s1 - s0) / (c1 - c0) * 1000:8.2f} ms (element delta)")
+        print(f"  agent's kernel apply, mean    {(s1 - s0) / (c1 - c0) * 1000:8.2f} ms (one port)")
     print(f"  publishing the first {ports} ports took {bulk_s:.1f} s ({bulk_s / ports * 1000:.2f} ms each)")
 
 

@@ -47,7 +47,18 @@ from libs.common.messages import (
 from libs.common.metrics import LATENCY_BUCKETS
 from libs.common.nftables import LibNftables
 from libs.common.service import Context
-from services.nat.core.compiler import FAMILY, MAPS, SETS, TABLE, Compiled, compile_nat, delta, targets
+from services.nat.core.compiler import (
+    FAMILY,
+    MAPS,
+    SETS,
+    TABLE,
+    Compiled,
+    Target,
+    compile_nat,
+    delta,
+    replace_targets,
+    targets,
+)
 from services.nat.core.ports import conflicting, host_address_error, port_id, same_target
 
 log = logging.getLogger("qnf.nat")
@@ -92,6 +103,9 @@ class NatActor:
         self._revision = 0
         self._applied_revision = -1
         self._applied: Compiled | None = None
+        self._compiled_targets: dict[str, list[Target]] = {}  # port id -> what `_applied` maps it to
+        self._dirty_ports: set[str] = set()  # published ports changed since the last compile
+        self._structural = True  # networks changed (or nothing applied yet): compile everything
         self._changed = asyncio.Event()
         self._enforced = asyncio.Condition()
         self._synced = {name: asyncio.Event() for name in ("net", "ep", "port")}
@@ -150,6 +164,7 @@ class NatActor:
         return kv.follow(changed, self._synced[name])
 
     async def _on_network(self, key: str, value: Network | None) -> None:
+        self._structural = True  # the fabric and masquerade sets: recompiled whole
         if value is None:
             self.networks.pop(key, None)
         else:
@@ -158,7 +173,10 @@ class NatActor:
     async def _on_endpoint(self, key: str, value: Endpoint | None) -> None:
         if value is not None:
             if value.node == self._node:
+                before = self.attached.get(key)
                 self.attached[key] = value
+                if before is None or before.addresses != value.addresses:
+                    self._dirty_ports |= {p.id for p in self.ports.values() if p.endpoint_id == key}
             return
         if self.attached.pop(key, None) is None:
             return
@@ -166,6 +184,7 @@ class NatActor:
             await self._drop_if_orphan(port)
 
     async def _on_port(self, key: str, value: PublishedPort | None) -> None:
+        self._dirty_ports.add(key)
         if value is None:
             self.ports.pop(key, None)
         elif value.node == self._node:
@@ -181,6 +200,7 @@ class NatActor:
             log.warning("could not unpublish %s of a removed endpoint: %s", port.id, exc)
             return
         self.ports.pop(port.id, None)
+        self._dirty_ports.add(port.id)
         self._bus.emit("port.unpublished", PortEvent(port=port, reason="endpoint removed"))
 
     def _bump(self) -> int:
@@ -208,21 +228,36 @@ class NatActor:
                     log.exception("compiling NAT failed (previous table stays in force)")
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, RETRY_MAX_S)
+                self._structural = True  # the failed step's changes are lost: compile it all
                 self._changed.set()
 
     async def reconcile_once(self) -> None:
         self._changed.clear()
         revision = self._revision
-        compiled = compile_nat(self.networks.values(), targets(self.ports.values(), self.attached))
+        dirty, structural = self._dirty_ports, self._structural
+        self._dirty_ports, self._structural = set(), False
         started = time.perf_counter()
-        if self._applied is None:
-            await self._nft.apply(compiled.full())
-            kind = "full"
+        if self._applied is None or structural:
+            # Everything compiled again (start, drift, networks): the reference.
+            self._compiled_targets = {p.id: targets([p], self.attached) for p in self.ports.values()}
+            compiled = compile_nat(
+                self.networks.values(), [t for ts in self._compiled_targets.values() for t in ts]
+            )
+            commands = compiled.full() if self._applied is None else delta(self._applied, compiled)
+            kind = "full" if self._applied is None else "delta"
         else:
-            commands = delta(self._applied, compiled)
-            if commands:
-                await self._nft.apply(commands)
-            kind = "delta"
+            # Only published ports changed: their elements out and in, nothing recompiled.
+            gone, came = [], []
+            for pid in dirty:
+                gone += self._compiled_targets.pop(pid, [])
+                port = self.ports.get(pid)
+                if port is not None:
+                    self._compiled_targets[pid] = targets([port], self.attached)
+                    came += self._compiled_targets[pid]
+            compiled, commands = replace_targets(self._applied, gone, came)
+            kind = "ports"
+        if commands:
+            await self._nft.apply(commands)
         self._apply_seconds.labels(kind).observe(time.perf_counter() - started)
         self._applied = compiled
         self._mappings.set(len(self.ports))
@@ -306,6 +341,7 @@ class NatActor:
         )
         await self._ports_kv.create(port.id, port)
         self.ports[port.id] = port
+        self._dirty_ports.add(port.id)
         self.attached[eid] = endpoint  # the watch may not have delivered it yet
         await self._until_enforced(self._bump())
         self._bus.emit("port.published", PortEvent(port=port))
@@ -319,6 +355,7 @@ class NatActor:
             return Removed(existed=False)
         await self._ports_kv.delete(ref.id, record.revision)
         self.ports.pop(ref.id, None)
+        self._dirty_ports.add(ref.id)
         await self._until_enforced(self._bump())
         self._bus.emit("port.unpublished", PortEvent(port=record.value, reason="unpublished"))
         return Removed(existed=True)

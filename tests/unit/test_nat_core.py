@@ -183,3 +183,30 @@ def test_host_addresses_must_be_the_nodes_own_and_not_the_fabrics() -> None:
     assert host_address_error(ip_address("192.0.2.1"), mine, fabric) is None
     assert "no address" in (host_address_error(ip_address("203.0.113.9"), mine, fabric) or "")
     assert "gateway" in (host_address_error(ip_address("10.1.0.1"), mine, fabric) or "")
+
+
+def _canonical(compiled: object) -> dict[str, list[str]]:
+    return {name: sorted(repr(e) for e in elems) for name, elems in compiled.elements.items()}  # type: ignore[attr-defined]
+
+
+def test_replacing_targets_equals_compiling_again() -> None:
+    from services.nat.core.compiler import replace_targets
+
+    eps = {"e1": endpoint("e1", "10.1.0.5/24", "fd00:1::5/64"), "e2": endpoint("e2", "10.1.0.6/24")}
+    nets = [network("a", "10.1.0.0/24", subnet6="fd00:1::/64")]
+    before = [
+        published("e1", 8080),
+        published("e2", 9090, protocol="udp"),
+        published("e1", 53, host_ip="192.0.2.1"),
+    ]
+    after = [published("e1", 8080), published("e2", 9191), published("e2", 53, host_ip="192.0.2.1")]
+    old = compile_nat(nets, targets(before, eps))
+    gone = targets([before[1], before[2]], eps)
+    came = targets([after[1], after[2]], eps)
+    new, cmds = replace_targets(old, gone, came)
+    assert _canonical(new) == _canonical(compile_nat(nets, targets(after, eps)))
+    verbs = [next(iter(c)) for c in cmds]
+    assert verbs == sorted(verbs, key=lambda v: v == "add") and "delete" in verbs and "add" in verbs
+    # A target that stays (gone and back again) changes nothing.
+    same, none = replace_targets(old, targets([before[0]], eps), targets([before[0]], eps))
+    assert none == [] and _canonical(same) == _canonical(old)

@@ -92,15 +92,48 @@ def compile_nat(networks: Iterable[Network], published: Iterable[Target]) -> Com
             elements[f"fabric{v}"].append(prefix)
             if net.nat:
                 elements[f"masq{v}"].append(prefix)
+    for name, elems in target_elements(published).items():
+        elements[name] += elems
+    return Compiled(elements)
+
+
+def target_elements(published: Iterable[Target]) -> dict[str, list[Any]]:
+    """The map elements of some published targets, by map name."""
+    out: dict[str, list[Any]] = {}
     for t in published:
         v = str(t.address.version)
         if t.host_ip is None:
             kind, key = "any", {"concat": [t.protocol, t.host_port]}
         else:
             kind, key = "at", {"concat": [str(t.host_ip), t.protocol, t.host_port]}
-        elements[f"{kind}{v}_addr"].append([key, str(t.address)])
-        elements[f"{kind}{v}_port"].append([key, t.container_port])
-    return Compiled(elements)
+        out.setdefault(f"{kind}{v}_addr", []).append([key, str(t.address)])
+        out.setdefault(f"{kind}{v}_port", []).append([key, t.container_port])
+    return out
+
+
+def replace_targets(
+    compiled: Compiled, gone: Iterable[Target], came: Iterable[Target]
+) -> tuple[Compiled, list[Json]]:
+    """Some published targets out and others in, without recompiling the rest: the new table and
+    the batch that takes the kernel there (deletions first). The whole compile's result, in
+    another element order (sets have none)."""
+    removed, added = target_elements(gone), target_elements(came)
+    for name in set(removed) & set(added):  # a target that stays: no change at all
+        same = [e for e in removed[name] if e in added[name]]
+        removed[name] = [e for e in removed[name] if e not in same]
+        added[name] = [e for e in added[name] if e not in same]
+    elements = dict(compiled.elements)
+    cmds: list[Json] = []
+    for name, elems in removed.items():
+        if elems:
+            elements[name] = [e for e in elements[name] if e not in elems]
+            cmds.append({"delete": {"element": _target(name) | {"elem": [_key(e) for e in elems]}}})
+    for name, elems in added.items():
+        if elems:
+            elements[name] = elements[name] + elems
+            cmds.append({"add": {"element": _target(name) | {"elem": elems}}})
+    cmds.sort(key=lambda c: "add" in c)
+    return Compiled(elements), cmds
 
 
 def delta(old: Compiled, new: Compiled) -> list[Json]:
