@@ -56,15 +56,20 @@ def bind_socket(path: Path) -> socket.socket:
 
 async def serve(settings: Settings, stop: asyncio.Event) -> None:
     from docker_plugin.driver import Driver, make_app
+    from docker_plugin.labels import LabelSync
 
     identity = SpiffeId.node_agent(settings.trust_domain, settings.node, "docker")
     bus = await Bus.connect_as(settings, identity, service="docker")
     path = settings.docker_plugin_socket
+    labels = LabelSync(bus, settings.node, settings.docker_host)
     try:
         sock = bind_socket(path)
         try:
             config = uvicorn.Config(
-                make_app(Driver(bus, settings.node)), log_level="warning", lifespan="off", access_log=False
+                make_app(Driver(bus, settings.node, labels)),
+                log_level="warning",
+                lifespan="off",
+                access_log=False,
             )
             server = uvicorn.Server(config)
             task = asyncio.create_task(server.serve(sockets=[sock]))
@@ -76,6 +81,7 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
             sock.close()
             path.unlink(missing_ok=True)
     finally:
+        await labels.close()
         await bus.close()
 
 

@@ -25,6 +25,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from docker_plugin import protocol as p
+from docker_plugin.labels import LabelSync
 from libs.common.bus import Bus
 from libs.common.errors import NotFound, QnfError
 from libs.common.ids import cmd_subject, node_subject
@@ -50,9 +51,10 @@ log = logging.getLogger("qnf.docker")
 class Driver:
     """Docker's calls, translated; one instance per plugin process."""
 
-    def __init__(self, bus: Bus, node: str) -> None:
+    def __init__(self, bus: Bus, node: str, labels: LabelSync | None = None) -> None:
         self._bus = bus
         self._node = node
+        self._labels = labels
 
     def _vnet(self, verb: str) -> str:
         return node_subject(self._node, "vnet", verb)
@@ -128,6 +130,8 @@ class Driver:
         endpoint = await self._endpoint(await self._network(req.NetworkID), req.EndpointID)
         if endpoint is None:
             raise p.DriverError(f"endpoint {req.EndpointID[:12]} does not exist: join before create")
+        if self._labels is not None:
+            self._labels.joined(req.NetworkID, req.EndpointID, p.IFNAME)
         return p.join_reply(endpoint)
 
     async def leave(self, body: dict[str, Any]) -> dict[str, Any]:

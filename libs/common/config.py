@@ -74,6 +74,11 @@ class Settings(BaseSettings):
         Path("/run/docker/plugins/qnf.sock"),
         description="where Docker finds the driver; the file name is the driver's name (`-d qnf`)",
     )
+    docker_host: str = Field(
+        "unix:///var/run/docker.sock",
+        pattern=r"^unix:///",
+        description="the engine API the driver reads container labels from (Docker sends it none)",
+    )
 
     @field_validator("trust_domain")
     @classmethod

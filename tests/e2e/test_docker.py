@@ -17,7 +17,6 @@ import os
 import shutil
 import signal
 import subprocess
-import tempfile
 import time
 import uuid
 from collections.abc import Iterator
@@ -38,11 +37,24 @@ ADMIN = SpiffeId.user("qnf.local", "admin")
 
 
 @pytest.fixture(scope="module")
-def plugin_fabric(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[FabricNode, Path]]:
+def docker_root() -> Path:
+    """Where the engine of this module will live (decided before the fabric: the driver reads
+    container labels from its API socket). Short: containerd's socket paths must fit."""
+    return Path("/tmp") / f"qdk-{uuid.uuid4().hex[:8]}"
+
+
+@pytest.fixture(scope="module")
+def plugin_fabric(
+    tmp_path_factory: pytest.TempPathFactory, docker_root: Path
+) -> Iterator[tuple[FabricNode, Path]]:
     made = [d for d in (PLUGINS.parent, PLUGINS) if not d.exists()]
     PLUGINS.mkdir(parents=True, exist_ok=True)
     socket = PLUGINS / f"qnft{uuid.uuid4().hex[:8]}.sock"
-    env = {"QNF_DOCKER_PLUGIN": "true", "QNF_DOCKER_PLUGIN_SOCKET": str(socket)}
+    env = {
+        "QNF_DOCKER_PLUGIN": "true",
+        "QNF_DOCKER_PLUGIN_SOCKET": str(socket),
+        "QNF_DOCKER_HOST": f"unix://{docker_root}/d.sock",
+    }
     try:
         with fabric_on_new_node(tmp_path_factory.mktemp("docker") / "state", env=env) as fabric:
             assert socket.is_socket() and (socket.stat().st_mode & 0o777) == 0o600
@@ -396,9 +408,9 @@ class Docker:
 
 
 @pytest.fixture
-def docker(plugin_fabric: tuple[FabricNode, Path], tmp_path: Path) -> Iterator[Docker]:
-    # Short paths: containerd's sockets under the exec root must fit a unix socket address.
-    engine = Docker(plugin_fabric[0], Path(tempfile.mkdtemp(prefix="qdk-", dir="/tmp")))
+def docker(plugin_fabric: tuple[FabricNode, Path], docker_root: Path, tmp_path: Path) -> Iterator[Docker]:
+    docker_root.mkdir(mode=0o700)
+    engine = Docker(plugin_fabric[0], docker_root)
     try:
         engine.wait_ready()
         tar = busybox_rootfs_tar(tmp_path / "busybox.tar")
@@ -418,7 +430,8 @@ def test_docker_containers_on_a_qnf_network(
     assert (net["subnet"], net["gateway"], net["isolation"]) == ("10.92.0.0/24", "10.92.0.1", "zero-trust")
 
     web_cmd = ["httpd", "-f", "-p", "8080", "-h", "/etc"]
-    docker("run", "-d", "--name", "web", "--network", "dknet", "qnf-busybox:test", *web_cmd)
+    labels = ["--label", "app=web", "--label", "x" * 70 + "=not-a-valid-endpoint-label"]
+    docker("run", "-d", "--name", "web", "--network", "dknet", *labels, "qnf-busybox:test", *web_cmd)
     docker("run", "-d", "--name", "client", "--network", "dknet", "qnf-busybox:test", "sleep", "600")
     seen = {}
     for name in ("web", "client"):
@@ -447,6 +460,17 @@ def test_docker_containers_on_a_qnf_network(
         )
         return out.stdout.startswith("root:x:0:0")
 
+    # Docker does not send container labels to a driver: they come from the engine's API.
+    deadline = time.monotonic() + 15
+    while True:
+        records = admin.call("qnf.v1.node.n1.vnet.endpoint.list", {"network": "dknet"})["endpoints"]
+        labelled = {r["container_id"]: r["labels"] for r in records}
+        if labelled.get(seen["web"]["EndpointID"]) == {"app": "web"}:
+            break
+        assert time.monotonic() < deadline, f"the container's labels did not reach its endpoint: {labelled}"
+        time.sleep(0.2)
+    assert labelled[seen["client"]["EndpointID"]] == {}
+
     assert not fetch()  # zero trust: no policy, no packet
     gw = fabric.client()
     try:
@@ -455,7 +479,7 @@ def test_docker_containers_on_a_qnf_network(
             {
                 "name": "web-in",
                 "network": "dknet",
-                "endpointSelector": {},
+                "endpointSelector": {"matchLabels": {"app": "web"}},  # a `docker run --label`
                 "ingress": [{"ports": [{"port": 8080}]}],
             },
         )

@@ -178,3 +178,11 @@ def test_replies_give_docker_only_what_it_lacks() -> None:
     }
     with pytest.raises(p.DriverError, match="not created for Docker"):
         p.join_reply(_endpoint(handoff_ifname=None))
+
+
+def test_container_labels_become_endpoint_labels_where_valid() -> None:
+    from docker_plugin.labels import endpoint_labels
+
+    docker = {"app": "web", "com.example/tier": "front", "x" * 70: "too long a key", "ok": "v" * 64}
+    assert endpoint_labels(docker) == {"app": "web", "com.example/tier": "front"}
+    assert endpoint_labels(None) == {}
