@@ -154,10 +154,16 @@ class TypedKV(Generic[M]):
         finally:
             await watcher.stop()  # type: ignore[no-untyped-call]
 
-    async def follow(self, apply: Callable[[Change[M]], Awaitable[None]], synced: asyncio.Event) -> None:
+    async def follow(
+        self,
+        apply: Callable[[Change[M]], Awaitable[None]],
+        synced: asyncio.Event,
+        restarted: Callable[[], None] = lambda: None,
+    ) -> None:
         """Apply every change, for ever: the current values first (then `synced` is set), then each
         change as it happens. The watch dies with the connection; it is started again, and the
-        replay of current values (deletions included) brings `apply` back in step."""
+        replay of current values (deletions included) brings `apply` back in step. `restarted`
+        is told first, for followers that treat changes one by one: a replay is no change list."""
         while True:
             try:
                 async for change in self.watch():
@@ -169,4 +175,5 @@ class TypedKV(Generic[M]):
                 raise
             except Exception as exc:
                 log.warning("watch of %s failed: %s", self.bucket, exc)
+                restarted()
                 await asyncio.sleep(1)

@@ -24,7 +24,7 @@ import asyncio
 import gc
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 import yaml
@@ -35,7 +35,7 @@ from prometheus_client.registry import Collector
 from libs.common.bus import Endpoint as BusEndpoint
 from libs.common.errors import Conflict, InvalidRequest, NotFound, PolicyRejected, QnfError, Unavailable
 from libs.common.ids import node_subject
-from libs.common.kv import TypedKV
+from libs.common.kv import Change, TypedKV
 from libs.common.messages import (
     ConnectionsCut,
     Empty,
@@ -60,6 +60,7 @@ from libs.common.messages import (
     Verdict,
 )
 from libs.common.metrics import LATENCY_BUCKETS
+from libs.common.reconcile import reconcile_forever
 from libs.common.service import Context
 from services.firewall.adapters.conntrack import ConntrackTable
 from services.firewall.adapters.nflog import Logged, NflogReader
@@ -79,7 +80,6 @@ from services.firewall.core.validate import validate
 
 log = logging.getLogger("qnf.firewall")
 
-RETRY_MAX_S = 30.0
 CONVERGENCE_TRACK_S = 60.0  # a change not acked everywhere by then counts as incomplete
 CUT_EVENTS_MAX = 100  # per change: every cut is counted, the first ones are also events
 
@@ -209,13 +209,22 @@ class FirewallActor:
 
     async def start(self) -> None:
         self._tasks = [
-            asyncio.create_task(self._watch(self._networks_kv, self.known_networks, "net")),
-            asyncio.create_task(self._watch(self._endpoints_kv, self.known_endpoints, "ep")),
-            asyncio.create_task(self._watch(self._policies_kv, self.known_policies, "pol")),
+            asyncio.create_task(self._follow(self._networks_kv, self.known_networks, "net")),
+            asyncio.create_task(self._follow(self._endpoints_kv, self.known_endpoints, "ep")),
+            asyncio.create_task(self._follow(self._policies_kv, self.known_policies, "pol")),
         ]
         await asyncio.wait_for(asyncio.gather(*(e.wait() for e in self._synced.values())), 30)
         await self.reconcile_once()
-        self._tasks.append(asyncio.create_task(self._reconcile_loop()))
+        reconciler = reconcile_forever(
+            self._changed,
+            self.reconcile_once,
+            self._check_drift,
+            drift_s=self._drift_check_s,
+            failed=self._compile_everything_next,
+            log=log,
+            what="the firewall",
+        )
+        self._tasks.append(asyncio.create_task(reconciler))
         if self._denied_log is not None:
             loop = asyncio.get_running_loop()
             self._denied_log.start(lambda logged: loop.call_soon_threadsafe(self._on_denied, logged))
@@ -232,36 +241,25 @@ class FirewallActor:
 
     # ------------------------------------------------------------------ desired state
 
-    async def _watch(self, kv: TypedKV[Any], into: dict[str, Any], name: str) -> None:
-        while True:
-            try:
-                async for change in kv.watch():
-                    if change is None:
-                        self._synced[name].set()
-                        continue
-                    # What the last compile saw of this endpoint or policy, for the incremental path.
-                    if name == "ep":
-                        self._dirty_endpoints.setdefault(change.key, into.get(change.key))
-                    elif name == "pol":
-                        self._dirty_policies.setdefault(change.key, into.get(change.key))
-                    else:
-                        self._structural = True
-                    if change.value is None:
-                        into.pop(change.key, None)
-                    else:
-                        into[change.key] = change.value
-                    if name == "pol":
-                        self._policy_seen = max(self._policy_seen, change.revision)
-                    elif name == "ep":
-                        self._endpoint_seen[change.key] = change.revision
-                    self._revision += 1
-                    self._changed.set()
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # the watch dies with the connection; start it again
-                log.warning("watch of %s failed: %s", kv.bucket, exc)
-                self._structural = True  # the replay is no change list: compile everything
-                await asyncio.sleep(1)
+    def _follow(self, kv: TypedKV[Any], into: dict[str, Any], name: str) -> Coroutine[Any, Any, None]:
+        async def changed(change: Change[Any]) -> None:
+            # What the last compile saw of this endpoint or policy, for the incremental path.
+            if name == "ep":
+                self._dirty_endpoints.setdefault(change.key, into.get(change.key))
+                self._endpoint_seen[change.key] = change.revision
+            elif name == "pol":
+                self._dirty_policies.setdefault(change.key, into.get(change.key))
+                self._policy_seen = max(self._policy_seen, change.revision)
+            else:
+                self._structural = True
+            if change.value is None:
+                into.pop(change.key, None)
+            else:
+                into[change.key] = change.value
+            self._revision += 1
+            self._changed.set()
+
+        return kv.follow(changed, self._synced[name], restarted=self._compile_everything_next)
 
     def model(self, *, node: str | None) -> Any:
         return build(
@@ -273,26 +271,10 @@ class FirewallActor:
 
     # ------------------------------------------------------------------ realisation
 
-    async def _reconcile_loop(self) -> None:
-        delay = 0.5
-        while True:
-            try:
-                await asyncio.wait_for(self._changed.wait(), self._drift_check_s)
-            except TimeoutError:
-                await self._check_drift()
-                continue
-            try:
-                await self.reconcile_once()
-                delay = 0.5
-            except Exception as exc:  # a compiler bug included: keep the loop, keep the old ruleset
-                if isinstance(exc, QnfError):
-                    log.error("applying the firewall failed (previous ruleset stays in force): %s", exc)
-                else:
-                    log.exception("compiling the firewall failed (previous ruleset stays in force)")
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, RETRY_MAX_S)
-                self._structural = True  # whatever the failed step left half-done, compile it all
-                self._changed.set()
+    def _compile_everything_next(self) -> None:
+        # After a failed step (which may have left state half-updated) or a restarted watch (whose
+        # replay is no change list), the incremental path cannot be trusted: compile it all.
+        self._structural = True
 
     async def reconcile_once(self) -> bool:
         """Compile the latest desired state and apply it; False if it was already applied."""

@@ -46,6 +46,7 @@ from libs.common.messages import (
 )
 from libs.common.metrics import LATENCY_BUCKETS
 from libs.common.nftables import LibNftables
+from libs.common.reconcile import reconcile_forever
 from libs.common.service import Context
 from services.nat.core.compiler import (
     FAMILY,
@@ -63,7 +64,6 @@ from services.nat.core.ports import conflicting, host_address_error, port_id, sa
 
 log = logging.getLogger("qnf.nat")
 
-RETRY_MAX_S = 30.0
 ENFORCE_WAIT_S = 10.0
 
 NodeAddresses = Callable[[], Awaitable[set[IPv4Address | IPv6Address]]]
@@ -143,7 +143,16 @@ class NatActor:
             if port.endpoint_id not in self.attached:
                 await self._drop_if_orphan(port)
         await self.reconcile_once()
-        self._tasks.append(asyncio.create_task(self._reconcile_loop()))
+        reconciler = reconcile_forever(
+            self._changed,
+            self.reconcile_once,
+            self._check_drift,
+            drift_s=self._drift_check_s,
+            failed=self._compile_everything_next,
+            log=log,
+            what="the NAT table",
+        )
+        self._tasks.append(asyncio.create_task(reconciler))
 
     async def stop(self) -> None:
         # The table stays: published ports keep working while the agent restarts.
@@ -210,26 +219,8 @@ class NatActor:
 
     # ------------------------------------------------------------------ realisation
 
-    async def _reconcile_loop(self) -> None:
-        delay = 0.5
-        while True:
-            try:
-                await asyncio.wait_for(self._changed.wait(), self._drift_check_s)
-            except TimeoutError:
-                await self._check_drift()
-                continue
-            try:
-                await self.reconcile_once()
-                delay = 0.5
-            except Exception as exc:
-                if isinstance(exc, QnfError):
-                    log.error("applying NAT failed (previous table stays in force): %s", exc)
-                else:
-                    log.exception("compiling NAT failed (previous table stays in force)")
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, RETRY_MAX_S)
-                self._structural = True  # the failed step's changes are lost: compile it all
-                self._changed.set()
+    def _compile_everything_next(self) -> None:
+        self._structural = True  # the failed step's changes are lost: compile it all
 
     async def reconcile_once(self) -> None:
         self._changed.clear()
