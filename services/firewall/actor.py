@@ -127,6 +127,7 @@ class FirewallActor:
         self._inc = Incremental(self._node)
         self._dirty_endpoints: dict[str, Endpoint | None] = {}
         self._dirty_policies: dict[str, Policy | None] = {}
+        self._models: dict[str | None, tuple[int, Model]] = {}  # node -> (revision, model), see model()
         self._structural = True
         self.known_networks: dict[str, Network] = {}
         self.known_endpoints: dict[str, Endpoint] = {}
@@ -261,13 +262,20 @@ class FirewallActor:
 
         return kv.follow(changed, self._synced[name], restarted=self._compile_everything_next)
 
-    def model(self, *, node: str | None) -> Any:
-        return build(
+    def model(self, *, node: str | None) -> Model:
+        """The grant model of the desired state, built once per revision of it (explain,
+        reachable and revocation ask often; at 10,000 endpoints a build costs ~0.2 s)."""
+        cached = self._models.get(node)
+        if cached is not None and cached[0] == self._revision:
+            return cached[1]
+        model = build(
             list(self.known_networks.values()),
             list(self.known_endpoints.values()),
             list(self.known_policies.values()),
             node=node,
         )
+        self._models[node] = (self._revision, model)
+        return model
 
     # ------------------------------------------------------------------ realisation
 
