@@ -83,7 +83,7 @@ class LibNftables:
             return None
 
     def _apply(self, commands: list[dict[str, Any]]) -> None:
-        before = self._generation_now()
+        before = self._generation
         rc, _, err = self._ctx().json_cmd({"nftables": commands})
         if rc != 0:
             raise AdapterError(f"nftables transaction failed: {str(err).strip()[:2000]}")
@@ -94,8 +94,10 @@ class LibNftables:
             # transaction wait for that: let a no-op one wait now, not the next small change.
             self._ctx().json_cmd({"nftables": [{"add": {"table": replaced}}]})
             commits = 2
+        # One read, after: if it moved by exactly our commits since our last known generation,
+        # nobody else committed in between; otherwise the next drift check lists (only slower).
         after = self._generation_now()
-        ours = before is not None and after is not None and after - before <= commits
+        ours = before is not None and after is not None and after - before == commits
         self._generation = after if ours else None
 
     def _unchanged(self) -> bool:
