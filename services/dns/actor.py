@@ -102,7 +102,11 @@ class DnsActor:
         self._forwarded = Counter("qnf_dns_forwarded_total", "Queries forwarded upstream", registry=r)
         self._hits_before = 0  # answers served from earlier snapshots' wire caches
         hits = Gauge("qnf_dns_wire_cache_hits", "Fabric answers served from the wire cache", registry=r)
-        hits.set_function(lambda: self._hits_before + self._answerer.hits)
+        hits.set_function(
+            lambda: (
+                self._hits_before + self._answerer.hits + sum(u.exact_hits for u in list(self._udp.values()))
+            )
+        )
 
     def endpoints(self) -> list[BusEndpoint[Any, Any]]:
         return [
@@ -204,6 +208,7 @@ class DnsActor:
             gone.stop()
             for key, n in dict(gone.counts).items():
                 self._retired_counts[key] = self._retired_counts.get(key, 0) + n
+            self._hits_before += gone.exact_hits
             await self._tcp.pop(address).stop()
         for address, network in wanted.items():
             if address in self._udp:

@@ -258,3 +258,41 @@ def test_service_names_and_srv(env: Env) -> None:
     }
     bad = env.gw.request("qnf.v1.cmd.dns.service.create", {"name": "x", "network": "nope"})
     assert bad["error"]["code"] == "invalid"
+
+
+def _dns_metrics(env: Env) -> dict[str, float]:
+    code = (
+        "import urllib.request;print(urllib.request.urlopen('http://127.0.0.1:9462/metrics').read().decode())"
+    )
+    text = env.fabric.exec(sys.executable, "-c", code).stdout
+    out = {}
+    for line in text.splitlines():
+        if line.startswith(("qnf_dns_queries_total", "qnf_dns_wire_cache_hits")):
+            name, value = line.rsplit(" ", 1)
+            out[name] = float(value)
+    return out
+
+
+def test_queries_are_counted_by_type_and_rcode_and_cache_hits_too(env: Env) -> None:
+    """The exact-bytes fast path answers without the answerer: its answers must still count."""
+    _wait_answer(env, "web", "db.blue.qnf.local", [env.ips["db"]])
+    before = _dns_metrics(env)
+    code = (
+        "import socket\n"
+        f"data = bytes.fromhex({DNSRecord.question('db.blue.qnf.local', 'A').pack().hex()!r})\n"
+        "s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.settimeout(2)\n"
+        "for _ in range(50):\n"
+        f"    s.sendto(data, ({env.gateway('web')!r}, 53)); s.recv(4096)\n"
+    )
+    out = subprocess.run(
+        ["nsenter", f"--net=/run/netns/{env.spaces['web']}", sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert out.returncode == 0, out.stderr
+    after = _dns_metrics(env)
+    key = 'qnf_dns_queries_total{qtype="A",rcode="NOERROR"}'
+    assert after[key] - before.get(key, 0) == 50
+    hits = "qnf_dns_wire_cache_hits"
+    assert after[hits] - before[hits] >= 49  # the same bytes each time: all but maybe the first

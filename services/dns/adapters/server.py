@@ -110,6 +110,7 @@ class UdpListener:
         self.address = address
         self.network = network
         self.counts: dict[int, int] = {}
+        self.exact_hits = 0  # answers sent from the exact-bytes tables (fabric and forwarded)
         self._answerer = answerer
         self._forward = forward
         self._observe = observe
@@ -140,7 +141,6 @@ class UdpListener:
     def _loop(self) -> None:
         sock, network, counts = self._sock, self.network, self.counts
         admit, clock, forwarded = self._limiter.admit, time.monotonic, self._forwarded
-        served = 0
         while not self._stopped:
             try:
                 packet, client = sock.recvfrom(65535)
@@ -161,8 +161,8 @@ class UdpListener:
             if hit is not None:
                 self._send(packet[:2] + hit[0], client)
                 counts[hit[1]] = counts.get(hit[1], 0) + 1
-                served += 1
-                if served % LATENCY_SAMPLE == 0:
+                self.exact_hits += 1
+                if self.exact_hits % LATENCY_SAMPLE == 0:
                     self._observe(clock() - started)
                 continue
             self._reply(packet, client, started, retry=True)
