@@ -442,7 +442,9 @@ class PublishedPort(PortMapping):
     container_id: str
     ifname: str
     network: str
-    source: Literal["api", "cni", "docker"]
+    source: Literal["api", "endpoint", "docker"] = Field(
+        description="api: port.publish; endpoint: the endpoint's own mappings at ADD; docker: `-p`"
+    )
     created_ms: int
 
 

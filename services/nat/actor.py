@@ -358,8 +358,9 @@ class NatActor:
         )
 
 
-# Who published: the vnet agent does it for CNI portMappings, the Docker driver for `-p`.
-_SOURCES: dict[str, Literal["cni", "docker"]] = {"vnet": "cni", "docker": "docker"}
+# Who published: the vnet agent with an endpoint's own mappings (CNI portMappings, or
+# EndpointAdd.port_mappings over the API), the Docker driver for `-p`, else the API.
+_SOURCES: dict[str, Literal["endpoint", "docker"]] = {"vnet": "endpoint", "docker": "docker"}
 
 
 def _ports(_: Message) -> str:

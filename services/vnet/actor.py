@@ -270,7 +270,12 @@ class VnetActor:
 
     async def add_endpoint(self, req: EndpointAdd) -> Endpoint:
         async with self._locks.hold(endpoint_id(req.container_id, req.ifname)):
-            return await self._add_endpoint(req)
+            endpoint = await self._add_endpoint(req)
+        # Ports are published for every caller (CNI portMappings, the API) but a runtime that
+        # moves the container end itself: Docker publishes at ProgramExternalConnectivity.
+        if not req.handoff:
+            await self._publish_ports(req, endpoint)
+        return endpoint
 
     async def _add_endpoint(self, req: EndpointAdd) -> Endpoint:
         started = time.perf_counter()
@@ -482,9 +487,7 @@ class VnetActor:
         """One request from the CNI shim: the same handlers as the bus, the same error codes."""
         try:
             if verb == "add":
-                request = EndpointAdd.model_validate(body)
-                endpoint = await self.add_endpoint(request)
-                await self._publish_ports(request, endpoint)
+                endpoint = await self.add_endpoint(EndpointAdd.model_validate(body))
                 return {"ok": await self._cni_view(endpoint)}
             if verb == "del":
                 removed = await self.remove_endpoint(EndpointRemove.model_validate(body))
@@ -510,7 +513,7 @@ class VnetActor:
             return {"error": {"code": "internal", "message": "internal error"}}
 
     async def _publish_ports(self, request: EndpointAdd, endpoint: Endpoint) -> None:
-        """Publish CNI `portMappings` through the node's NAT agent; a refusal undoes the ADD.
+        """Publish the endpoint's port mappings through the node's NAT agent; a refusal undoes the ADD.
 
         The NAT agent owns published ports, so CNI and API mappings meet one conflict rule.
         """

@@ -415,3 +415,28 @@ def _flat6(table: dict[str, list]) -> list[list]:
     addr = {json.dumps(k): v for k, v in table.get("any6_addr", [])}
     port = {json.dumps(k): v for k, v in table.get("any6_port", [])}
     return [[json.loads(k)["concat"][1], addr[k], port[k]] for k in addr]
+
+
+def test_an_endpoints_own_port_mappings_are_published_with_it(env: Env) -> None:
+    """EndpointAdd.port_mappings over the bus (as CNI portMappings): published at ADD, one rule."""
+    space, ip = env.containers.attach(
+        env.gw, "pub", "c5", labels={"app": "c5"}, port_mappings=[{"host_port": 9100, "container_port": 80}]
+    )
+    ports = [p for p in env.gw.call(f"{NAT}.port.list", {})["ports"] if p["container_id"] == space]
+    assert [(p["host_port"], p["source"]) for p in ports] == [(9100, "endpoint")]
+    assert [9100, ip, 80] in _flat(env.nat_table())
+    clash = env.gw.request(
+        "qnf.v1.node.n1.vnet.endpoint.add",
+        {
+            "request_id": "clash",
+            "container_id": "clash",
+            "ifname": "eth1",
+            "netns": f"/run/netns/{env.spaces['c2']}",
+            "network": "pub",
+            "port_mappings": [{"host_port": 9100, "container_port": 80}],
+        },
+    )
+    assert clash["error"]["code"] == "conflict" and "9100" in clash["error"]["message"], clash
+    endpoints = env.gw.call("qnf.v1.node.n1.vnet.endpoint.list", {"network": "pub"})["endpoints"]
+    assert "clash" not in {e["container_id"] for e in endpoints}  # the refused ADD left nothing
+    env.gw.call("qnf.v1.node.n1.vnet.endpoint.remove", {"container_id": space, "ifname": "eth0"})
