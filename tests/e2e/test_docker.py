@@ -17,6 +17,7 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -28,7 +29,7 @@ import pytest
 from pyroute2 import NetNS
 
 from libs.common.ids import SpiffeId, endpoint_id
-from libs.common.testing import FabricNode, NodeClient, busybox_rootfs_tar, fabric_on_new_node
+from libs.common.testing import FabricNode, NodeClient, busybox_rootfs_tar, fabric_on_new_node, outside_host
 
 pytestmark = [pytest.mark.e2e, pytest.mark.netns]
 
@@ -513,10 +514,38 @@ def test_docker_containers_on_a_qnf_network(
     assert [(e["name"], e["labels"]) for e in side] == [("webside", {"app": "web"})]
     assert "10.93.0." in docker("exec", "web", "ip", "addr").stdout
 
-    docker("rm", "-f", "web", "client")
+    # `docker run -p`: published through the node's NAT agent, reached from beyond the node.
+    labelled = ["--label", "app=web", "-p", "8082:8080"]
+    docker("run", "-d", "--name", "pubweb", "--network", "dknet", *labelled, "qnf-busybox:test", *web_cmd)
+    ports = admin.call("qnf.v1.node.n1.nat.port.list", {})["ports"]
+    assert [(p["host_port"], p["container_port"], p["source"]) for p in ports] == [(8082, 8080, "docker")]
+    fetch_outside = (
+        "import socket, sys\n"
+        "try:\n"
+        "    s = socket.create_connection(('192.0.2.1', 8082), timeout=2)\n"
+        "    s.sendall(b'GET /passwd HTTP/1.0\\r\\n\\r\\n'); print(s.recv(4096).decode(errors='replace'))\n"
+        "except OSError as exc:\n"
+        "    print('blocked', exc)\n"
+    )
+    with outside_host(fabric.ns) as outside:
+        deadline = time.monotonic() + 15
+        while True:  # the label (and so web-in) reaches the new container a moment after start
+            page = subprocess.run(
+                ["nsenter", f"--net=/run/netns/{outside}", sys.executable, "-c", fetch_outside],
+                capture_output=True,
+                text=True,
+                timeout=20,
+            ).stdout
+            if "root:x:0:0" in page or time.monotonic() > deadline:
+                break
+            time.sleep(0.3)
+        assert "root:x:0:0" in page, page
+
+    docker("rm", "-f", "web", "client", "pubweb")
     docker("network", "rm", "dknet", "dkside")
     assert not {"dknet", "dkside"} & set(_networks(admin))
     assert admin.kv_keys("qnf-ipam") == [] and admin.kv_keys("qnf-endpoints") == []
+    assert admin.kv_keys("qnf-ports") == []  # -p went with its container
     links = _links(fabric)
     assert _ours(links) == set() and net["bridge"] not in links
     rules = fabric.exec("nft", "list", "ruleset").stdout
