@@ -251,7 +251,8 @@ class Bus:
     async def kv(self, bucket: str, model: type[M]) -> TypedKV[M]:
         """A typed, signed view of one of the fabric's KV buckets."""
         js = self.nc.jetstream(timeout=self.request_timeout)
-        return TypedKV(await js.key_value(bucket), bucket, model, signer=self.signer, verifier=self.verifier)
+        kv = await js.key_value(bucket)
+        return TypedKV(kv, bucket, model, js=js, signer=self.signer, verifier=self.verifier)
 
     async def close(self) -> None:
         """Publish queued events, drain (deliver what is in flight) when connected; else just close."""

@@ -17,6 +17,7 @@ from typing import Generic, TypeVar
 
 import nats.errors
 import nats.js.errors
+from nats.js.client import JetStreamContext
 from nats.js.kv import KeyValue
 from pydantic import BaseModel
 
@@ -51,9 +52,17 @@ class TypedKV(Generic[M]):
     """A KV bucket whose values are signed `model` instances."""
 
     def __init__(
-        self, kv: KeyValue, bucket: str, model: type[M], *, signer: Signer, verifier: Verifier
+        self,
+        kv: KeyValue,
+        bucket: str,
+        model: type[M],
+        *,
+        js: JetStreamContext,
+        signer: Signer,
+        verifier: Verifier,
     ) -> None:
         self._kv = kv
+        self._js = js
         self.bucket = bucket
         self._model = model
         self._signer = signer
@@ -117,16 +126,28 @@ class TypedKV(Generic[M]):
             raise Unavailable(f"reading the status of {self.bucket} timed out") from exc
         return int(status.stream_info.state.last_seq)
 
-    async def keys(self) -> list[str]:
+    async def _subjects(self) -> list[str]:
+        """Every key the stream holds a last message for (deleted ones too: their marker).
+
+        From the stream's own subject list, not nats-py's `keys()`: that one builds on a watch
+        whose "no more" marker can come before the values already on their way, and then
+        answers with nothing now and then (seen: 2 lists in 150, right after a create).
+        """
+        prefix = f"$KV.{self.bucket}."
         try:
-            return sorted(await self._kv.keys())
-        except nats.js.errors.NoKeysError:
-            return []
+            info = await self._js.stream_info(f"KV_{self.bucket}", subjects_filter=f"{prefix}>")
+        except nats.errors.TimeoutError as exc:
+            raise Unavailable(f"listing {self.bucket} timed out") from exc
+        return sorted(s[len(prefix) :] for s in (info.state.subjects or {}))
+
+    async def keys(self) -> list[str]:
+        """Every current key (deleted ones left out)."""
+        return [r.key for r in await self.items()]
 
     async def items(self) -> list[Record[M]]:
         """Every current record; records that fail verification are logged and skipped."""
         out = []
-        for key in await self.keys():
+        for key in await self._subjects():
             try:
                 record = await self.get(key)
             except Rejected as exc:

@@ -61,11 +61,7 @@ async def main(state_dir: str, uri: str) -> None:
                 return
             item = json.loads(line)
             if "kv_keys" in item:  # raw read of a bucket, for assertions (admin identity only)
-                kv = await bus.nc.jetstream().key_value(item["kv_keys"])
-                try:
-                    keys = await kv.keys()
-                except nats.js.errors.NoKeysError:
-                    keys = []
+                keys = await (await bus.kv(item["kv_keys"], _Json)).keys()
                 out: dict[str, Any] = {"keys": sorted(keys)}
             elif "kv_put" in item:  # a signed record as the admin writes it (e.g. another node's endpoint)
                 model = getattr(messages, item["model"])

@@ -26,17 +26,10 @@ class Stores:
 
     @classmethod
     async def open(cls, bus: Bus) -> Stores:
-        js = bus.nc.jetstream(timeout=bus.request_timeout)
-
-        async def typed(bucket: str, model: type) -> TypedKV:  # type: ignore[type-arg]
-            return TypedKV(
-                await js.key_value(bucket), bucket, model, signer=bus.signer, verifier=bus.verifier
-            )
-
         return cls(
-            await typed("qnf-networks", Network),
-            await typed("qnf-endpoints", Endpoint),
-            await typed("qnf-ipam", Lease),
+            await bus.kv("qnf-networks", Network),
+            await bus.kv("qnf-endpoints", Endpoint),
+            await bus.kv("qnf-ipam", Lease),
         )
 
 
