@@ -25,8 +25,8 @@ from libs.common.messages import Endpoint, EndpointLabels, Labels
 
 log = logging.getLogger("qnf.docker")
 
-ATTEMPTS = 40
-INTERVAL_S = 0.25  # dockerd records the endpoint on the container a moment after Join
+PATIENCE_S = 60.0  # dockerd records the endpoint on the container a moment after Join
+FIRST_INTERVAL_S, MAX_INTERVAL_S = 0.1, 2.0
 _LABELS: TypeAdapter[Labels] = TypeAdapter(Labels)
 
 
@@ -62,7 +62,8 @@ class LabelSync:
 
     async def _sync(self, network_id: str, endpoint_id: str, ifname: str) -> None:
         try:
-            for _ in range(ATTEMPTS):
+            interval, deadline = FIRST_INTERVAL_S, asyncio.get_running_loop().time() + PATIENCE_S
+            while asyncio.get_running_loop().time() < deadline:
                 container = await self._container_of(network_id, endpoint_id)
                 if container is not None:
                     labels = endpoint_labels((container.get("Config") or {}).get("Labels"))
@@ -73,7 +74,8 @@ class LabelSync:
                             Endpoint,
                         )
                     return
-                await asyncio.sleep(INTERVAL_S)
+                await asyncio.sleep(interval)
+                interval = min(interval * 2, MAX_INTERVAL_S)
             log.warning("no container holds endpoint %s: its labels were not copied", endpoint_id[:12])
         except (httpx.HTTPError, QnfError, ValueError) as exc:
             log.warning("copying container labels to endpoint %s failed: %s", endpoint_id[:12], exc)
@@ -81,8 +83,12 @@ class LabelSync:
     async def _container_of(self, network_id: str, endpoint_id: str) -> dict[str, Any] | None:
         network = (await self._engine.get(f"/networks/{network_id}")).raise_for_status().json()
         for cid, attached in (network.get("Containers") or {}).items():
-            if attached.get("EndpointID") == endpoint_id:
+            # While a sandbox is being set up dockerd lists its endpoint under "ep-<endpoint id>",
+            # not yet under the container: not found yet, ask again.
+            if attached.get("EndpointID") == endpoint_id and not cid.startswith("ep-"):
                 reply = await self._engine.get(f"/containers/{cid}/json")
+                if reply.status_code == 404:
+                    return None
                 return dict(reply.raise_for_status().json())
         return None
 

@@ -528,7 +528,7 @@ def test_docker_containers_on_a_qnf_network(
         "    print('blocked', exc)\n"
     )
     with outside_host(fabric.ns) as outside:
-        deadline = time.monotonic() + 15
+        deadline = time.monotonic() + 30
         while True:  # the label (and so web-in) reaches the new container a moment after start
             page = subprocess.run(
                 ["nsenter", f"--net=/run/netns/{outside}", sys.executable, "-c", fetch_outside],
@@ -539,7 +539,8 @@ def test_docker_containers_on_a_qnf_network(
             if "root:x:0:0" in page or time.monotonic() > deadline:
                 break
             time.sleep(0.3)
-        assert "root:x:0:0" in page, page
+        records = admin.call("qnf.v1.node.n1.vnet.endpoint.list", {"network": "dknet"})["endpoints"]
+        assert "root:x:0:0" in page, (page, {r["container_id"][:12]: r["labels"] for r in records})
 
     docker("rm", "-f", "web", "client", "pubweb")
     docker("network", "rm", "dknet", "dkside")
