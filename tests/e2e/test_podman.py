@@ -173,7 +173,8 @@ def test_podman_publishes_ports_through_the_fabric(fabric_node: FabricNode, podm
             "qnf-busybox:test", "httpd", "-f", "-p", "8080", "-h", "/etc",
         )  # fmt: skip
         ports = gw.call("qnf.v1.node.n1.nat.port.list", {})["ports"]
-        assert [(p["host_port"], p["container_port"], p["source"]) for p in ports] == [(8080, 8080, "endpoint")]
+        published = [(p["host_port"], p["container_port"], p["source"]) for p in ports]
+        assert published == [(8080, 8080, "endpoint")]
         podman("run", "-d", "--name", "client", "--network", "pubp", "qnf-busybox:test", "sleep", "600")
         deadline = time.monotonic() + 15
         while True:  # through the node's address and the published port (hairpin)
